@@ -1,0 +1,1 @@
+"""mtdense_jax: multi-task dense scene prediction in JAX/Flax."""
