@@ -1,0 +1,91 @@
+"""Human part segmentation (PASCAL-Context): CE loss and pooled-IoU mIoU.
+
+Loss: prismformore/Multi-Task-Transformer (commit 870c6be1)
+InvPT/losses/loss_functions.py CrossEntropyLoss(ignore_index=255).
+Metric: InvPT/evaluation/eval_human_parts.py HumanPartsMeter and
+SimonVandenhende/Multi-Task-Learning-PyTorch (commit ed3d9ac1)
+evaluation/eval_human_parts.py (HumanPartsMeter, eval_human_parts): tp/fp/fn
+pooled over non-ignored pixels, mean IoU over all 7 classes (bg + 6 parts).
+
+Images without a person must contribute nothing (methods.md d.1). The input
+pipeline does that by calling `ignore_images_without_person` (InvPT's rule,
+or MTL-PyTorch's with rule="mtl"), so the metric itself only skips 255 and
+padded examples. The two protocols differ only through that rule.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import ClassVar, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mtdense_jax.tasks import base
+from mtdense_jax.tasks import common
+
+
+def ignore_images_without_person(label: np.ndarray,
+                                 rule: str = "invpt") -> np.ndarray:
+  """One image's part label -> all 255 if it shows no person.
+
+  Reference: AddIgnoreRegions in InvPT/data/transforms.py (rule "invpt": all
+  values in {0, 255}, which also catches padded person-free images) and in
+  Multi-Task-Learning-PyTorch data/custom_transforms.py (rule "mtl": all 0).
+
+  Args:
+    label: (H, W) or (H, W, 1) integer part ids of ONE image (not a batch).
+    rule: "invpt" or "mtl".
+
+  Returns:
+    The label unchanged, or an all-255 array of the same shape and dtype.
+  """
+  label = np.asarray(label)
+  if rule == "invpt":
+    no_person = bool(np.all((label == 0) | (label == base.IGNORE)))
+  elif rule == "mtl":
+    no_person = bool(np.all(label == 0))
+  else:
+    raise ValueError(f"Unknown rule {rule!r}; expected 'invpt' or 'mtl'.")
+  if no_person:
+    return np.full_like(label, base.IGNORE)
+  return label
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Task(base.Task):
+  """Per-pixel part classes (7 on PASCAL-Context), 255 = ignore."""
+
+  name: ClassVar[str] = "human_parts"
+  metric_directions: ClassVar[Mapping[str, bool]] = {"mIoU": True}
+
+  def __post_init__(self):
+    super().__post_init__()
+    common.require_num_classes(self)
+
+  @property
+  def num_outputs(self) -> int:
+    return self.num_classes
+
+  def loss(self, pred: jax.Array, label: jax.Array) -> jax.Array:
+    return common.masked_cross_entropy(pred, label)
+
+  def postprocess(self, pred: jax.Array) -> jax.Array:
+    """(B, H, W, K) logits -> (B, H, W, 1) int32 part ids."""
+    return jnp.argmax(pred, axis=-1, keepdims=True).astype(jnp.int32)
+
+  def metric_init(self) -> dict[str, jax.Array]:
+    k = self.num_classes
+    return {"confusion": jnp.zeros((k, k), jnp.int32)}
+
+  def metric_update(self, stats, pred, label, valid):
+    confusion = common.confusion_update(
+        stats["confusion"], self.postprocess(pred), label, valid)
+    return {"confusion": confusion}
+
+  def metric_compute(self, stats) -> dict[str, float]:
+    return {"mIoU": float(np.mean(common.class_iou(stats["confusion"])))}
+
+  def colorize(self, x: np.ndarray) -> np.ndarray:
+    return common.colorize_labels(x)

@@ -1,0 +1,188 @@
+"""sal task: interface, balanced CE loss and both metric protocols' goldens.
+
+Goldens: ../shared/golden/losses_sal (InvPT CrossEntropyLoss(balanced=True))
+and metrics_sal (InvPT SaliencyMeter; MTL-PyTorch SaliencyMeter and
+eval_sal). The InvPT head is 2-channel: the golden's 1-channel logit becomes
+concat([0, logit]) (the sidecar's own construction).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mtdense_jax import registry
+from mtdense_jax.tasks import base
+from mtdense_jax.tasks import sal
+
+# Metric tolerance from the metrics_* sidecar notes; the loss sidecar gives
+# none (float32 sums agree with torch to ~1e-7 relative).
+METRIC_TOL = dict(rtol=1e-5, atol=1e-7)
+LOSS_TOL = dict(rtol=1e-5, atol=1e-6)
+CURVES = ("mIoUs", "mPrec", "mRec", "F")
+
+
+def _nhwc(x: np.ndarray) -> np.ndarray:
+  return np.transpose(x, (0, 2, 3, 1))
+
+
+def _two_channel(logit_nchw: np.ndarray) -> np.ndarray:
+  logit = _nhwc(logit_nchw)
+  return np.concatenate([np.zeros_like(logit), logit], axis=-1)
+
+
+def run_batches(update, stats, pred, gt, batch=2, seed=0):
+  """Jitted updates over batches of `batch` real examples + 1 invalid one
+  (garbage prediction, salient label) that must not count."""
+  rng = np.random.default_rng(seed)
+  update = jax.jit(update)
+  for i in range(0, len(gt), batch):
+    p, lb = pred[i:i + batch], gt[i:i + batch, ..., None]
+    if np.issubdtype(p.dtype, np.integer):
+      junk = rng.integers(0, 256, (1,) + p.shape[1:]).astype(p.dtype)
+    else:
+      junk = rng.uniform(-10, 255, (1,) + p.shape[1:]).astype(p.dtype)
+    p = np.concatenate([p, junk])
+    lb = np.concatenate([lb, np.ones_like(lb[:1])]).astype(np.uint8)
+    valid = np.arange(len(lb)) < batch
+    stats = update(stats, jnp.asarray(p), jnp.asarray(lb), jnp.asarray(valid))
+  return stats
+
+
+def test_plugin_interface_and_directions():
+  mod = registry.lookup("task", "sal")
+  invpt, mtl = mod.Task(), mod.Task(protocol="mtl")
+  assert isinstance(invpt, base.Task)
+  assert invpt.name == mod.__name__.rsplit(".", 1)[-1] == "sal"
+  assert invpt.num_outputs == mtl.num_outputs == 2
+  assert list(invpt.metric_directions) == ["maxF"]
+  assert invpt.primary_metric == "maxF"
+  assert list(mtl.metric_directions) == ["mIoU", "maxF"]
+  assert mtl.primary_metric == "mIoU"
+  assert all(mtl.metric_directions.values())
+  for task in (invpt, mtl):
+    stats = task.metric_init()
+    assert list(task.metric_compute(stats)) == list(task.metric_directions)
+
+
+def test_loss_jit_finite_postprocess_colorize():
+  task = sal.Task()
+  rng = np.random.default_rng(2)
+  pred = jnp.asarray(rng.normal(size=(2, 4, 6, 2)), jnp.float32)
+  label = jnp.asarray(rng.integers(0, 2, (2, 4, 6, 1)), jnp.uint8)
+  loss = jax.jit(task.loss)(pred, label)
+  assert np.isfinite(float(loss)) and float(loss) > 0
+  out = np.asarray(jax.jit(task.postprocess)(pred))
+  assert out.shape == (2, 4, 6, 1)
+  # 255 * softmax[..., 1] of 2 logits == 255 * sigmoid(l1 - l0).
+  want = 255 / (1 + np.exp(-(np.asarray(pred)[..., 1] - pred[..., 0])))
+  np.testing.assert_allclose(out[..., 0], want, rtol=1e-5, atol=1e-4)
+  rgb = task.colorize(out[0])
+  assert rgb.shape == (4, 6, 3) and rgb.dtype == np.uint8
+  np.testing.assert_array_equal(rgb[..., 2], out[0, ..., 0].astype(np.uint8))
+  lab_rgb = task.colorize(np.array([[0, 1, 255]], np.uint8))
+  np.testing.assert_array_equal(lab_rgb[0, :, 0], [0, 255, 128])
+
+
+def test_loss_golden(golden):
+  npz, meta = golden("losses_sal")
+  assert meta["cases"]["sal2"]["loss"]["balanced"] is True
+  pred = _nhwc(npz["sal2/pred"])
+  label = _nhwc(npz["sal2/label"]).astype(np.uint8)
+  task = sal.Task()
+  np.testing.assert_allclose(sal.positive_weight(label), npz["sal2/w_pos"],
+                             **LOSS_TOL)
+  np.testing.assert_allclose(jax.jit(task.loss)(pred, label),
+                             npz["sal2/loss"], **LOSS_TOL)
+
+
+def test_loss_all_ignored_is_zero_without_nan():
+  """Our choice where the reference asserts: 0 loss, 0 gradient."""
+  task = sal.Task()
+  pred = jnp.asarray(np.random.default_rng(3).normal(size=(2, 4, 6, 2)),
+                     jnp.float32)
+  label = jnp.full((2, 4, 6, 1), 255, jnp.uint8)
+  loss, grad = jax.jit(jax.value_and_grad(task.loss))(pred, label)
+  assert float(loss) == 0.0
+  assert np.all(np.asarray(grad) == 0)
+
+
+@pytest.mark.parametrize("case,gt_key", [("no_ignore", "sal/gt"),
+                                         ("padded_255", "sal/gt_padded")])
+def test_invpt_metric_golden(golden, case, gt_key):
+  npz, meta = golden("metrics_sal")
+  refs = {r["id"]: r for r in meta["references"]}
+  ref = refs["invpt/SaliencyMeter/no_ignore"]
+  assert "[0,logit]" in ref["protocol"].replace(" ", "")  # padded: "same"
+  task = sal.Task(protocol="invpt")
+  stats = run_batches(task.metric_update, task.metric_init(),
+                      _two_channel(npz["sal/logit"]), npz[gt_key])
+  got = task.metric_compute(stats)
+  np.testing.assert_allclose(
+      got["maxF"], npz[f"out/invpt/SaliencyMeter/{case}/maxF"], **METRIC_TOL)
+  np.testing.assert_allclose(  # CTAL-transformer: the same meter, x100.
+      100 * got["maxF"], npz[f"out/ctal_tr/SaliencyMeter/{case}/maxF"],
+      **METRIC_TOL)
+
+
+def _accumulate(stats_fn):
+  """A pure per-batch statistics function -> a running-total update."""
+  return lambda stats, *args: base.merge_stats(stats, stats_fn(*args))
+
+
+def _check_mtl(npz, ref_id, stats, got=None):
+  curves = sal.mtl_curves(stats)
+  for key in CURVES:
+    np.testing.assert_allclose(curves[key], npz[f"out/{ref_id}/{key}"],
+                               **METRIC_TOL, err_msg=f"{ref_id} {key}")
+  if got is not None:
+    for key in ("mIoU", "maxF"):
+      np.testing.assert_allclose(got[key], npz[f"out/{ref_id}/{key}"],
+                                 **METRIC_TOL, err_msg=f"{ref_id} {key}")
+
+
+def test_mtl_metric_golden_from_logits(golden):
+  """Task path: logits -> 255 softmax -> uint8 PNG -> eval_sal statistics."""
+  npz, _ = golden("metrics_sal")
+  task = sal.Task(protocol="mtl")
+  pred = _two_channel(npz["sal/logit"])
+  # Precondition: the Task's quantisation reproduces the stored PNG content.
+  u8 = jax.jit(lambda p: sal.png_quantize(sal.saliency_255(p)))(pred)
+  np.testing.assert_array_equal(u8[..., 0], npz["sal/pred_u8"])
+  stats = run_batches(task.metric_update, task.metric_init(), pred,
+                      npz["sal/gt"])
+  _check_mtl(npz, "mtl/eval_sal", stats, task.metric_compute(stats))
+
+
+def test_mtl_eval_sal_from_stored_u8(golden):
+  """mtl/eval_sal read the stored uint8 PNGs (incl. the float32 /255 quirk)."""
+  npz, meta = golden("metrics_sal")
+  assert "pred_u8" in {r["id"]: r for r in meta["references"]}[
+      "mtl/eval_sal"]["protocol"]
+  task = sal.Task(protocol="mtl")
+  stats = run_batches(_accumulate(sal.mtl_stats_u8), task.metric_init(),
+                      npz["sal/pred_u8"][..., None], npz["sal/gt"])
+  _check_mtl(npz, "mtl/eval_sal", stats, task.metric_compute(stats))
+
+
+def test_mtl_saliency_meter_from_float(golden):
+  """mtl/SaliencyMeter (online) consumed the unquantised 255*sigmoid map."""
+  npz, meta = golden("metrics_sal")
+  assert "pred_255" in {r["id"]: r for r in meta["references"]}[
+      "mtl/SaliencyMeter"]["protocol"]
+  task = sal.Task(protocol="mtl")
+  stats = run_batches(_accumulate(sal.mtl_stats_float), task.metric_init(),
+                      npz["sal/pred_255"][..., None], npz["sal/gt"])
+  _check_mtl(npz, "mtl/SaliencyMeter", stats, task.metric_compute(stats))
+
+
+def test_mtl_png_threshold_quirk():
+  """u8 k counts at t iff float32(k)/255 > t in float64 (methods.md d.5)."""
+  k = np.arange(256, dtype=np.float32) / np.float32(255)
+  for t, kmin in zip(sal.MTL_THRESHOLDS, sal.MTL_U8_MIN):
+    pos = np.nonzero(k.astype(np.float64) > t)[0]
+    assert pos[0] == kmin
+  # The four thresholds where the quirk bites: k = 255 t counts.
+  assert [int(x) for x in sal.MTL_U8_MIN[[0, 4, 8, 12]]] == [51, 102, 153, 204]
