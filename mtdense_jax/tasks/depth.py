@@ -1,0 +1,129 @@
+"""Monocular depth (NYUD): L1 loss and pooled RMSE / log-RMSE metrics.
+
+Ports (facts only, no code copied):
+* loss: prismformore/Multi-Task-Transformer@870c6be
+  InvPT/losses/loss_functions.py ``L1Loss`` (sum over valid / max(n, 1)).
+* ``protocol="invpt"``: InvPT/evaluation/eval_depth.py ``DepthMeter`` fed
+  with ``get_output`` (clamp >= 0); adds abs_rel and sq_rel.
+* ``protocol="mtl"``: SimonVandenhende/Multi-Task-Learning-PyTorch@ed3d9ac
+  evaluation/eval_depth.py ``eval_depth`` / ``DepthMeter``.
+* ``max_depth``: Klodivio355/MT-CP@08c068e evaluation/eval_depth.py, which
+  silently drops gt >= 65535 * 1e-4 = 6.5535 m (pass ``max_depth=6.5535``).
+
+Both protocols pool squared errors over every valid pixel of the whole set
+(not a mean of per-image RMSEs) and clamp predictions <= 0 to 1e-9, which
+dominates log_rmse when the network predicts non-positive depth
+(../shared/notes/methods.md d.3). They are numerically the same; "invpt"
+names the InvPT meter whose extra keys are reported by both.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar, Mapping
+
+import jax
+import jax.numpy as jnp
+import matplotlib
+import numpy as np
+
+from mtdense_jax.tasks import base
+
+_EPS = 1e-9  # what the references clamp non-positive predictions to
+_VIS_MAX_DEPTH = 10.0  # NYUD range: fixed so prediction and label compare
+
+
+def _acc_add(total: jax.Array, x: jax.Array) -> jax.Array:
+  """Adds ``x`` to a float32 ``[hi, lo]`` pair with Knuth's TwoSum.
+
+  Keeps a dataset-long running sum accurate to ~float64 on devices without
+  float64; ``merge_stats`` (plain addition of both words) stays valid.
+  """
+  hi, lo = total[0], total[1]
+  s = hi + x
+  b = s - hi
+  err = (hi - (s - b)) + (x - b)
+  return jnp.stack([s, lo + err])
+
+
+def _acc_value(total: Any) -> float:
+  t = np.asarray(total, np.float64)
+  return float(t[0] + t[1])
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Task(base.Task):
+  """Depth in metres, 1-channel head.
+
+  Attributes:
+    max_depth: if set, pixels with gt >= max_depth are excluded from the
+      metrics (MT-CP: 6.5535). Never affects the loss.
+  """
+
+  name: ClassVar[str] = "depth"
+  label_channels: ClassVar[int] = 1
+  label_dtype: ClassVar[str] = "float32"
+  metric_directions: ClassVar[Mapping[str, bool]] = {
+      "rmse": False, "log_rmse": False, "abs_rel": False, "sq_rel": False}
+
+  max_depth: float | None = None
+
+  @property
+  def num_outputs(self) -> int:
+    return 1
+
+  def loss(self, pred: jax.Array, label: jax.Array) -> jax.Array:
+    """L1 over pixels whose label != 255; the prediction is not clamped."""
+    pred = pred.astype(jnp.float32)
+    label = label.astype(jnp.float32)
+    ok = label != base.IGNORE
+    err = jnp.where(ok, jnp.abs(pred - label), 0.0)
+    return jnp.sum(err) / jnp.maximum(jnp.sum(ok), 1).astype(jnp.float32)
+
+  def postprocess(self, pred: jax.Array) -> jax.Array:
+    """InvPT ``get_output``: depth clamped to >= 0."""
+    return jnp.maximum(pred.astype(jnp.float32), 0.0)
+
+  def metric_init(self) -> dict[str, jax.Array]:
+    z2 = jnp.zeros((2,), jnp.float32)
+    return {"n": jnp.zeros((), jnp.int32), "sq": z2, "log_sq": z2,
+            "abs_rel": z2, "sq_rel": z2}
+
+  def metric_update(self, stats, pred, label, valid):
+    pred = self.postprocess(pred)[..., 0]
+    gt = label.astype(jnp.float32)[..., 0]
+    ok = (gt != base.IGNORE) & (gt > 0) & valid[:, None, None]
+    if self.max_depth is not None:
+      ok &= gt < self.max_depth
+    pred = jnp.where(pred <= 0, _EPS, pred)
+    gt = jnp.where(ok, gt, 1.0)  # keeps log / division finite off-mask
+    diff = gt - pred
+    terms = {
+        "sq": diff * diff,
+        "log_sq": jnp.square(jnp.log(gt) - jnp.log(pred)),
+        "abs_rel": jnp.abs(diff) / gt,
+        "sq_rel": diff * diff / gt,
+    }
+    out = {"n": stats["n"] + jnp.sum(ok, dtype=jnp.int32)}
+    for k, v in terms.items():
+      out[k] = _acc_add(stats[k], jnp.sum(jnp.where(ok, v, 0.0)))
+    return out
+
+  def metric_compute(self, stats) -> dict[str, float]:
+    n = int(stats["n"])
+    if n == 0:
+      return {k: float("nan") for k in self.metric_directions}
+    mean = {k: _acc_value(stats[k]) / n
+            for k in ("sq", "log_sq", "abs_rel", "sq_rel")}
+    return {"rmse": float(np.sqrt(mean["sq"])),
+            "log_rmse": float(np.sqrt(mean["log_sq"])),
+            "abs_rel": mean["abs_rel"], "sq_rel": mean["sq_rel"]}
+
+  def colorize(self, x: np.ndarray) -> np.ndarray:
+    """Depth (H, W, 1) -> viridis RGB over [0, 10] m; invalid pixels black."""
+    d = np.asarray(x, np.float32)[..., 0]
+    ok = (d != base.IGNORE) & (d > 0)
+    t = np.clip(d / _VIS_MAX_DEPTH, 0.0, 1.0)
+    rgb = matplotlib.colormaps["viridis"](t)[..., :3]
+    rgb = np.where(ok[..., None], rgb, 0.0)
+    return (rgb * 255.0 + 0.5).astype(np.uint8)
