@@ -10,7 +10,9 @@ nothing here changes.
 from __future__ import annotations
 
 import importlib
+import pathlib
 import pkgutil
+import re
 import types
 
 _PACKAGES = {
@@ -20,16 +22,29 @@ _PACKAGES = {
     "decoder": "mtdense_jax.models.decoders",
     "dataset": "data_builders",
 }
-# Modules inside plugin packages that are helpers, not plugins.
-_NOT_PLUGINS = frozenset({"base", "common", "testing"})
+# What makes a module a plugin of each kind (helper modules lack it).
+_ENTRY_POINT = {"task": "Task", "weighting": "Weighting", "encoder": "build",
+                "decoder": "build", "dataset": "make_builder"}
 
 
 def available(kind: str) -> list[str]:
-  """Names of every plugin of `kind` found on disk."""
+  """Names of every plugin of `kind` found on disk.
+
+  Found without importing (a half-written plugin must not break lookups of
+  the others): a plugin module or package defines its entry point at top
+  level (`class Task`, `def build`, ...); helper modules do not.
+  """
   pkg = importlib.import_module(_PACKAGES[kind])
-  return sorted(
-      m.name for m in pkgutil.iter_modules(pkg.__path__)
-      if not m.name.startswith("_") and m.name not in _NOT_PLUGINS)
+  entry = re.compile(rf"^(class|def) {_ENTRY_POINT[kind]}\b", re.M)
+  names = []
+  for m in pkgutil.iter_modules(pkg.__path__):
+    if m.name.startswith("_") or m.name == "base":
+      continue
+    path = pathlib.Path(m.module_finder.path) / m.name
+    files = list(path.glob("*.py")) if m.ispkg else [path.with_suffix(".py")]
+    if any(entry.search(f.read_text()) for f in files if f.exists()):
+      names.append(m.name)
+  return sorted(names)
 
 
 def lookup(kind: str, name: str) -> types.ModuleType:

@@ -1,0 +1,42 @@
+r"""Entry point: python launch.py --config configs/x.py[:arg] --workdir W.
+
+  --config.a.b=v      override any config field (unknown keys are an error)
+  --mode train|eval   eval restores only the params of the latest (or
+                      --checkpoint/--step) checkpoint and runs every metric
+Multi-process (SLURM, TPU pods, or JAX_COORDINATOR_ADDRESS/JAX_NUM_PROCESSES/
+JAX_PROCESS_ID) is detected by jax.distributed.initialize().
+"""
+
+from absl import app, flags, logging
+import jax
+from ml_collections import config_flags
+
+from mtdense_jax import config_check, runtime
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.",
+                                          lock_config=True)
+flags.DEFINE_string("workdir", None, "Run directory (checkpoints, logs).")
+flags.DEFINE_enum("mode", "train", ["train", "eval"], "What to run.")
+flags.DEFINE_string("checkpoint", None, "Eval: checkpoints dir to restore.")
+flags.DEFINE_integer("step", None, "Eval: checkpoint step (default latest).")
+flags.mark_flags_as_required(["config", "workdir"])
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+  del argv
+  runtime.initialize()
+  config = _CONFIG.value
+  config_check.validate(config)
+  logging.info("process %d/%d, devices: %s", jax.process_index(),
+               jax.process_count(), jax.devices())
+  from mtdense_jax.train import loop  # pylint: disable=g-import-not-at-top
+  if FLAGS.mode == "train":
+    loop.train_and_evaluate(config, FLAGS.workdir)
+  else:
+    loop.evaluate_checkpoint(config, FLAGS.workdir, FLAGS.checkpoint,
+                             FLAGS.step)
+
+
+if __name__ == "__main__":
+  config_check.run_checked(app.run, main)

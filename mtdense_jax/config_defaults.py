@@ -1,0 +1,69 @@
+"""Config defaults every experiment starts from, and `file.py:arg` parsing.
+
+The defaults double as the schema: config_check rejects keys not here.
+Configs are data: ``get_config(arg)`` returns an ``ml_collections.ConfigDict``
+and nothing else happens at import. ``parse_arg`` turns the ``file.py:arg``
+suffix (``configs/nyud_invpt.py:backbone=S,runlocal``) into typed values and
+rejects unknown keys (big_vision's ``bvcc.parse_arg``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ml_collections as mlc
+
+
+def parse_arg(arg: str | None, **defaults: Any) -> mlc.ConfigDict:
+  """'a=1,flag' -> ConfigDict typed like `defaults`; unknown keys raise."""
+  out = mlc.ConfigDict(dict(defaults))
+  for item in filter(None, (arg or "").split(",")):
+    key, _, value = item.partition("=")
+    if key not in defaults:
+      raise ValueError(f"Unknown config arg {key!r}; known: {sorted(defaults)}")
+    kind = type(defaults[key])
+    if kind is bool:
+      if value not in ("", "True", "true", "1", "False", "false", "0"):
+        raise ValueError(f"Config arg {key}={value!r} is not a bool.")
+      out[key] = value in ("", "True", "true", "1")
+    else:
+      out[key] = kind(value)
+  return out
+
+
+def base_config() -> mlc.ConfigDict:
+  """Every key an experiment may set, with defaults (configs override)."""
+  c = mlc.ConfigDict()
+  c.seed = 0
+  c.tasks = ("semseg", "depth", "normals", "edge")
+  c.task_kw = mlc.ConfigDict()          # {task: {field: value}}
+  c.init_checkpoint = ""                # params-only checkpoint dir
+
+  c.data = mlc.ConfigDict(dict(
+      name="synthetic_scenes", config="nyud_like",
+      data_dir=mlc.config_dict.placeholder(str),
+      manual_dir=mlc.config_dict.placeholder(str),
+      builder_kwargs=mlc.ConfigDict(),
+      train_split="train", eval_split="validation",
+      image_size=(96, 128), scale_range=(0.5, 2.0), flip=True,
+      photometric=True, cat_max_ratio=0.75, worker_count=0, prefetch=2))
+
+  c.model = mlc.ConfigDict(dict(
+      encoder="vit", variant="S/16", encoder_kw=mlc.ConfigDict(),
+      decoder="baseline", decoder_kw=mlc.ConfigDict(), dtype="float32"))
+
+  c.loss = mlc.ConfigDict(dict(aux_weight=1.0))
+  c.weighting = mlc.ConfigDict(dict(name="lps", kw=mlc.ConfigDict()))
+  c.optim = mlc.ConfigDict(dict(
+      name="adamw", lr=1e-4, weight_decay=1e-4, b1=0.9, b2=0.999, eps=1e-8,
+      schedule="poly", warmup_steps=0, total_steps=1000, poly_power=0.9,
+      min_lr=0.0, grad_clip_norm=mlc.config_dict.placeholder(float)))
+
+  c.train = mlc.ConfigDict(dict(
+      steps=1000, batch_size=8, log_every=50, eval_every=500,
+      ckpt_every=500, keep_ckpts=3))
+  c.eval = mlc.ConfigDict(dict(
+      batch_size=8, protocol="invpt", stl_baselines=mlc.ConfigDict()))
+  c.mesh = mlc.ConfigDict(dict(data=-1, model=1))
+  c.sharding = mlc.ConfigDict(dict(rules=()))   # ((regex, spec), ...)
+  return c

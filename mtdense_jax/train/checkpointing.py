@@ -1,0 +1,110 @@
+"""Orbax checkpoints: async, keep-N, automatic resume, params-only restore.
+
+Layout of ``WORKDIR/checkpoints/<step>/``:
+
+  params  {"params": model nnx.Param state, "batch_stats": BatchNorm stats}
+          - everything evaluation needs, restorable alone
+          (``restore_params``); weight converters write this item too.
+  train   {"step", "wparams", "wstate", "opt"} - the rest of the train state
+  data    the grain iterator state, so a resumed run sees the same batches
+  meta    JSON: step and the config the run was started with
+
+Orbax writes to a temporary directory and renames on commit, so a crash
+mid-save never leaves a checkpoint that looks complete.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any
+
+import grain
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+PyTree = Any
+_PARAM_KEYS = ("params", "batch_stats")
+
+
+def manager(directory: str | pathlib.Path, *, max_to_keep: int = 3,
+            save_every: int | None = None, async_save: bool = True,
+            read_only: bool = False) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(
+      max_to_keep=max_to_keep, save_interval_steps=save_every or 1,
+      enable_async_checkpointing=async_save, read_only=read_only,
+      create=not read_only)
+  return ocp.CheckpointManager(pathlib.Path(directory).absolute(),
+                               options=options)
+
+
+def _split(state: dict) -> tuple[dict, dict]:
+  params = {k: state[k] for k in _PARAM_KEYS}
+  rest = {k: v for k, v in state.items() if k not in _PARAM_KEYS}
+  return params, rest
+
+
+def abstract(tree: PyTree, shardings: PyTree) -> PyTree:
+  return jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=s),
+      tree, shardings)
+
+
+def save(mngr: ocp.CheckpointManager, step: int, state: dict,
+         data_iter: Any = None, meta: dict | None = None,
+         force: bool = False) -> bool:
+  params, rest = _split(state)
+  items = {"params": ocp.args.StandardSave(params),
+           "train": ocp.args.StandardSave(rest),
+           "meta": ocp.args.JsonSave(dict(meta or {}, step=int(step)))}
+  if data_iter is not None:
+    items["data"] = grain.checkpoint.CheckpointSave(data_iter)
+  return mngr.save(step, args=ocp.args.Composite(**items), force=force)
+
+
+def restore(mngr: ocp.CheckpointManager, state: dict, shardings: dict,
+            data_iter: Any = None, step: int | None = None) -> dict:
+  """Restores the full train state (sharded like `shardings`) and, in
+  place, the data iterator."""
+  step = mngr.latest_step() if step is None else step
+  params, rest = _split(state)
+  p_sh, r_sh = _split(shardings)
+  items = {"params": ocp.args.StandardRestore(abstract(params, p_sh)),
+           "train": ocp.args.StandardRestore(abstract(rest, r_sh))}
+  if data_iter is not None:
+    items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
+  out = mngr.restore(step, args=ocp.args.Composite(**items))
+  return {**out["params"], **out["train"]}
+
+
+def restore_params(directory: str | pathlib.Path, abstract_params: dict,
+                   step: int | None = None) -> tuple[dict, int]:
+  """Params-only restore for evaluation and inference.
+
+  Args:
+    directory: a checkpoints directory (``WORKDIR/checkpoints``).
+    abstract_params: {"params": ..., "batch_stats": ...} of
+      jax.ShapeDtypeStruct (with shardings) describing the model.
+    step: a step to restore; default the latest.
+  Returns:
+    (params dict, step restored).
+  """
+  mngr = manager(directory, read_only=True, async_save=False)
+  step = mngr.latest_step() if step is None else step
+  if step is None:
+    raise FileNotFoundError(f"No checkpoint found in {directory}.")
+  out = mngr.restore(step, args=ocp.args.Composite(
+      params=ocp.args.StandardRestore(abstract_params)))
+  return out["params"], step
+
+
+def save_params(directory: str | pathlib.Path, params: dict,
+                step: int = 0, meta: dict | None = None) -> None:
+  """Writes a params-only checkpoint (used by the weight converters); it is
+  restorable by `restore_params` and usable by --mode eval."""
+  mngr = manager(directory, async_save=False)
+  mngr.save(step, args=ocp.args.Composite(
+      params=ocp.args.StandardSave(params),
+      meta=ocp.args.JsonSave(dict(meta or {}, step=int(step)))))
+  mngr.wait_until_finished()
+  mngr.close()

@@ -1,0 +1,228 @@
+"""The training loop: one function per phase, then the explicit loop.
+
+Resume order (first that applies): (1) the latest checkpoint in
+WORKDIR/checkpoints (params, optimizer, weighting state and the data
+iterator, so the resumed run is step-for-step identical to an uninterrupted
+one); (2) ``config.init_checkpoint``: params only, e.g. converted published
+weights; (3) scratch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import pathlib
+from typing import Any, Mapping
+
+from absl import logging
+import jax
+import optax
+from jax.sharding import Mesh
+
+from mtdense_jax import registry
+from mtdense_jax.data import pipeline, sources
+from mtdense_jax.evaluators import dense
+from mtdense_jax.tasks import base as task_base
+from mtdense_jax.train import checkpointing as ckpt
+from mtdense_jax.train import optim
+from mtdense_jax.train import sharding as shd
+from mtdense_jax.train import state as state_lib
+from mtdense_jax.train import step as step_lib
+from mtdense_jax.train import writers
+
+
+@dataclasses.dataclass
+class Experiment:
+  """Everything built from the config that the phases share."""
+  config: Any
+  mesh: Mesh
+  tasks: dict[str, task_base.Task]
+  factory: Any
+  weighting: Any
+  tx: Any
+  schedule: Any
+
+
+def build_tasks(config, meta: Mapping[str, Any]) -> dict[str, task_base.Task]:
+  """Task objects in config order, sized from the dataset's metadata."""
+  available = list(meta.get("tasks", []))
+  num_classes = dict(meta.get("num_classes", {}))
+  tasks = {}
+  for name in config.tasks:
+    if available and name not in available:
+      raise ValueError(
+          f"config.tasks has {name!r} but dataset {config.data.name}/"
+          f"{config.data.config} provides only {available}.")
+    module = registry.lookup("task", name)
+    kw = dict(config.get("task_kw", {}).get(name, {}) or {})
+    tasks[name] = module.Task(num_classes=num_classes.get(name),
+                              protocol=config.eval.protocol, **kw)
+  return tasks
+
+
+def build_weighting(config):
+  module = registry.lookup("weighting", config.weighting.name)
+  return module.Weighting(**dict(config.weighting.get("kw", {}) or {}))
+
+
+def setup(config, devices=None) -> Experiment:
+  mesh = shd.make_mesh(config.get("mesh"), devices)
+  builder = sources.get_builder(config.data)
+  sources.prepare(builder)
+  tasks = build_tasks(config, sources.dataset_meta(builder))
+  outputs = {n: t.num_outputs for n, t in tasks.items()}
+  factory = state_lib.model_factory(config.model, outputs,
+                                    tuple(config.data.image_size), config.seed)
+  model_tx, schedule = optim.make_optimizer(config.optim)
+  # Loss-weighting parameters (e.g. uncertainty log-variances) get plain Adam
+  # on the same schedule: no weight decay pulling them to 0, no clipping.
+  tx = optax.multi_transform(
+      {"model": model_tx, "weighting": optax.adam(schedule)},
+      lambda tree: {k: jax.tree.map(lambda _, k=k: k, v)
+                    for k, v in tree.items()})
+  return Experiment(config, mesh, tasks, factory, build_weighting(config), tx,
+                    schedule)
+
+
+def compile_train_step(exp: Experiment, defs, shardings):
+  fn = step_lib.bind(step_lib.train_step, defs=defs, tasks=exp.tasks,
+                     weighting=exp.weighting, tx=exp.tx,
+                     aux_weight=exp.config.loss.aux_weight,
+                     rng=jax.random.key(exp.config.seed + 1))
+  repl = shd.replicated(exp.mesh)
+  return jax.jit(fn, in_shardings=(shardings, shd.batch_sharding(exp.mesh),
+                                   repl),
+                 out_shardings=(shardings, repl, repl), donate_argnums=(0, 2))
+
+
+def compile_eval_step(exp: Experiment, defs, shardings):
+  fn = step_lib.bind(step_lib.eval_step, defs=defs, tasks=exp.tasks)
+  repl = shd.replicated(exp.mesh)
+  return jax.jit(fn, in_shardings=(shardings["params"],
+                                   shardings["batch_stats"], repl,
+                                   shd.batch_sharding(exp.mesh)),
+                 out_shardings=repl)  # Totals are tiny; tasks may share
+                                      # constant buffers, so no donation.
+
+
+def evaluate(exp: Experiment, eval_fn, params, batch_stats) -> dict[str, float]:
+  cfg = exp.config
+  batches = pipeline.make_eval_iter(
+      cfg.data, list(exp.tasks), split=cfg.data.eval_split,
+      global_batch_size=cfg.eval.batch_size)
+  return dense.evaluate(exp.tasks, eval_fn, params, batch_stats,
+                        (shd.global_batch(b, exp.mesh) for b in batches),
+                        stl_baselines=cfg.eval.get("stl_baselines"))
+
+
+def _check_finite(acc: Mapping[str, float], step: int) -> None:
+  bad = [k.split("/", 1)[1] for k, v in acc.items()
+         if k.startswith("loss/") and not math.isfinite(v)]
+  if bad or not math.isfinite(acc["total"]):
+    raise FloatingPointError(
+        f"Non-finite loss before step {step} for task(s) {bad or ['total']}; "
+        "stopping. The last good checkpoint is kept; lower the learning rate "
+        "or check the labels of these tasks.")
+
+
+def _mean(acc: Mapping[str, jax.Array]) -> dict[str, float]:
+  host = jax.device_get(acc)
+  n = max(float(host["count"]), 1.0)
+  return {k: float(v) / n for k, v in host.items() if k != "count"}
+
+
+def train_and_evaluate(config, workdir: str) -> dict[str, float]:
+  """Trains (resuming if WORKDIR has checkpoints), evaluates, checkpoints.
+
+  Returns the metrics of the final evaluation.
+  """
+  workdir = pathlib.Path(workdir)
+  exp = setup(config)
+  tcfg = config.train
+  writer = writers.MetricWriter(workdir)
+  if jax.process_index() == 0:
+    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+
+  defs, state, shardings = state_lib.init_state(
+      exp.factory, exp.tx, exp.weighting, list(exp.tasks), exp.mesh,
+      config.get("sharding", {}).get("rules", ()))
+  data_iter = pipeline.make_train_iter(
+      config.data, list(exp.tasks), global_batch_size=tcfg.batch_size,
+      seed=config.seed)
+  mngr = ckpt.manager(workdir / "checkpoints", max_to_keep=tcfg.keep_ckpts,
+                      save_every=tcfg.ckpt_every)
+  if mngr.latest_step() is not None:
+    state = ckpt.restore(mngr, state, shardings, data_iter)
+    print(f"Resumed from {workdir}/checkpoints step {mngr.latest_step()}",
+          flush=True)
+  elif config.get("init_checkpoint"):
+    params, _ = ckpt.restore_params(
+        config.init_checkpoint,
+        ckpt.abstract({"params": state["params"],
+                        "batch_stats": state["batch_stats"]},
+                       {"params": shardings["params"],
+                        "batch_stats": shardings["batch_stats"]}))
+    state = {**state, **params}
+
+  train_fn = compile_train_step(exp, defs, shardings)
+  eval_fn = compile_eval_step(exp, defs, shardings)
+  start = int(jax.device_get(state["step"]))
+  progress = writers.Progress(tcfg.steps, start)
+  acc = jax.device_put(step_lib.zero_acc(exp.tasks), shd.replicated(exp.mesh))
+  metrics = {}
+  for step in range(start + 1, tcfg.steps + 1):
+    batch = shd.global_batch(next(data_iter), exp.mesh)
+    state, _, acc = train_fn(state, batch, acc)
+    is_last = step == tcfg.steps
+    if step % tcfg.log_every == 0 or step % tcfg.ckpt_every == 0 or is_last:
+      means = _mean(acc)
+      _check_finite(means, step)
+      acc = jax.device_put(step_lib.zero_acc(exp.tasks),
+                           shd.replicated(exp.mesh))
+      means["lr"] = float(exp.schedule(step - 1))
+      writer.scalars(step, means, prefix="train/")
+      if jax.process_index() == 0:
+        print(progress.line(step, {k: v for k, v in means.items()
+                                   if k == "total" or k.startswith("loss/")}),
+              flush=True)
+    if step % tcfg.ckpt_every == 0 or is_last:
+      ckpt.save(mngr, step, state, data_iter,
+                meta={"config": json.loads(config.to_json_best_effort())},
+                force=is_last)
+    if step % tcfg.eval_every == 0 or is_last:
+      metrics = evaluate(exp, eval_fn, state["params"], state["batch_stats"])
+      writer.evaluation(step, metrics)
+  if start >= tcfg.steps:
+    print(f"Already trained to step {start}; evaluating.", flush=True)
+    metrics = evaluate(exp, eval_fn, state["params"], state["batch_stats"])
+    writer.evaluation(start, metrics)
+  mngr.wait_until_finished()
+  mngr.close()
+  writer.close()
+  return metrics
+
+
+def evaluate_checkpoint(config, workdir: str, checkpoint: str | None = None,
+                        step: int | None = None) -> dict[str, float]:
+  """--mode eval: restores only the params and runs every metric."""
+  workdir = pathlib.Path(workdir)
+  exp = setup(config)
+  defs, abs_params, abs_stats = state_lib.model_defs(exp.factory)
+  abstract = {"params": abs_params, "batch_stats": abs_stats}
+  repl = shd.replicated(exp.mesh)
+  rules = config.get("sharding", {}).get("rules", ())
+  shardings = {"params": shd.tree_shardings(abs_params, exp.mesh, rules),
+               "batch_stats": jax.tree.map(lambda _: repl, abs_stats)}
+  directory = checkpoint or str(workdir / "checkpoints")
+  params, step = ckpt.restore_params(
+      directory, ckpt.abstract(abstract, shardings), step)
+  eval_fn = compile_eval_step(exp, defs, shardings)
+  metrics = evaluate(exp, eval_fn, params["params"], params["batch_stats"])
+  writer = writers.MetricWriter(workdir)
+  writer.evaluation(step, metrics, filename="eval_metrics.jsonl")
+  if jax.process_index() == 0:
+    (workdir / f"eval_step{step}.json").write_text(
+        json.dumps({"step": step, **metrics}, indent=2))
+  writer.close()
+  return metrics

@@ -1,0 +1,139 @@
+"""End-to-end training on tiny synthetic scenes: run, resume, NaN stop,
+multi-device equivalence. All share one tiny config, so the persistent
+compile cache makes later compiles cheap."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from mtdense_jax import config_check
+from mtdense_jax.train import checkpointing as ckpt
+from mtdense_jax.train import loop
+from mtdense_jax.train import sharding as shd
+from mtdense_jax.train import state as state_lib
+from tests.conftest import REPO
+
+
+def tiny_config(data_dir, **train):
+  cfg = config_check.load_config_file(
+      str(REPO / "configs" / "synthetic_baseline.py") + ":runlocal")
+  cfg.data.data_dir = str(data_dir)
+  for k, v in train.items():
+    cfg.train[k] = v
+  cfg.optim.total_steps = cfg.train.steps
+  return cfg
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  return tmp_path_factory.mktemp("tfds")
+
+
+def _params(workdir, cfg, step=None):
+  exp = loop.setup(cfg)
+  _, abs_params, abs_stats = state_lib.model_defs(exp.factory)
+  repl = shd.replicated(exp.mesh)
+  abstract = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl),
+      {"params": abs_params, "batch_stats": abs_stats})
+  params, got = ckpt.restore_params(workdir / "checkpoints", abstract, step)
+  return jax.tree.map(np.asarray, params), got
+
+
+def test_train_eval_checkpoint_and_resume(data_dir, tmp_path, capsys):
+  cfg = tiny_config(data_dir, steps=4)
+  metrics = loop.train_and_evaluate(cfg, str(tmp_path))
+  assert all(np.isfinite(v) for v in metrics.values())
+  assert {"semseg/mIoU", "depth/rmse", "normals/mean"} <= set(metrics)
+  rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").open()]
+  assert [r["step"] for r in rows] == [2, 4]
+  assert set(metrics) <= set(rows[-1])
+  assert list((tmp_path / "tensorboard").iterdir())
+  # Same workdir again: resumes at the last step, does not retrain.
+  capsys.readouterr()
+  loop.train_and_evaluate(cfg, str(tmp_path))
+  out = capsys.readouterr().out
+  assert "Resumed" in out and "step 1/" not in out
+
+
+def test_crash_and_resume_is_exact(data_dir, tmp_path, monkeypatch):
+  cfg = tiny_config(data_dir, steps=6, eval_every=100)
+  loop.train_and_evaluate(cfg, str(tmp_path / "straight"))
+
+  real = loop.compile_train_step
+
+  def crashing(*args, **kwargs):
+    fn = real(*args, **kwargs)
+    calls = {"n": 0}
+
+    def wrapped(state, batch, acc):
+      calls["n"] += 1
+      if int(jax.device_get(state["step"])) == 5:
+        raise KeyboardInterrupt("simulated kill at step 5")
+      return fn(state, batch, acc)
+    return wrapped
+
+  monkeypatch.setattr(loop, "compile_train_step", crashing)
+  with pytest.raises(KeyboardInterrupt):
+    loop.train_and_evaluate(cfg, str(tmp_path / "crashed"))
+  monkeypatch.setattr(loop, "compile_train_step", real)
+  loop.train_and_evaluate(cfg, str(tmp_path / "crashed"))
+
+  a, step_a = _params(tmp_path / "straight", cfg)
+  b, step_b = _params(tmp_path / "crashed", cfg)
+  assert step_a == step_b == 6
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(x, y)
+
+
+def test_nan_stops_naming_task_and_keeps_last_good(data_dir, tmp_path,
+                                                   monkeypatch):
+  cfg = tiny_config(data_dir, steps=4, eval_every=100)
+  loop.train_and_evaluate(cfg, str(tmp_path))
+  exp_tasks = loop.build_tasks
+
+  def poisoned(config, meta):
+    tasks = exp_tasks(config, meta)
+    depth = tasks["depth"]
+    cls = type(depth)
+    bad = type("NaNDepth", (cls,), {
+        "loss": lambda self, p, l: cls.loss(self, p, l) * np.float32("nan")})
+    tasks["depth"] = bad(num_classes=depth.num_classes,
+                         protocol=depth.protocol)
+    return tasks
+
+  monkeypatch.setattr(loop, "build_tasks", poisoned)
+  cfg.train.steps = cfg.optim.total_steps = 8
+  with pytest.raises(FloatingPointError, match="depth"):
+    loop.train_and_evaluate(cfg, str(tmp_path))
+  mngr = ckpt.manager(tmp_path / "checkpoints", read_only=True)
+  assert mngr.latest_step() == 4
+
+
+def _one_step_total(cfg, devices):
+  exp = loop.setup(cfg, devices)
+  defs, state, shardings = state_lib.init_state(
+      exp.factory, exp.tx, exp.weighting, list(exp.tasks), exp.mesh)
+  from mtdense_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  it = pipeline.make_train_iter(cfg.data, list(exp.tasks),
+                                global_batch_size=cfg.train.batch_size,
+                                seed=cfg.seed)
+  fn = loop.compile_train_step(exp, defs, shardings)
+  acc = jax.device_put(loop.step_lib.zero_acc(exp.tasks),
+                       shd.replicated(exp.mesh))
+  _, metrics, _ = fn(state, shd.global_batch(next(it), exp.mesh), acc)
+  return {k: float(v) for k, v in jax.device_get(metrics).items()}
+
+
+def test_eight_devices_match_one(data_dir):
+  assert len(jax.devices()) == 8, "conftest sets 8 fake CPU devices"
+  cfg = tiny_config(data_dir)
+  one = _one_step_total(cfg, jax.devices()[:1])
+  eight = _one_step_total(cfg, jax.devices())
+  for k in one:
+    np.testing.assert_allclose(eight[k], one[k], rtol=2e-5, atol=1e-6,
+                               err_msg=k)
