@@ -1,0 +1,358 @@
+"""Shared pieces of the real-data builders: safe archive reading, decoders.
+
+The public multi-task archives (NYUDv2.tar.gz, PASCALContext.tar.gz; see
+notes/datasets.md) are read member by member, never extracted by member
+name: a compressed tarball is first decompressed as one stream into a
+temporary plain ``.tar`` (gzip cannot seek), which ``tarfile`` then reads
+with random access. Every member name is checked before anything is read:
+absolute paths, ``..`` components, links leaving the archive and device
+files make the whole archive be refused (`UnsafeArchiveError`). An extracted
+folder is read in place, with the same rule for symlinks leaving it.
+
+Standalone on purpose: builders must not import the training code.
+"""
+
+from __future__ import annotations
+
+import bz2
+import collections
+import gzip
+import io
+import logging
+import lzma
+import os
+import posixpath
+import shutil
+import tarfile
+import tempfile
+from typing import Iterable, Protocol
+
+import cv2
+import numpy as np
+from PIL import Image
+import scipy.io
+
+log = logging.getLogger(__name__)
+
+_OPENERS = ((b"\x1f\x8b", gzip.open), (b"BZh", bz2.open),
+            (b"\xfd7zXZ\x00", lzma.open))
+
+
+class UnsafeArchiveError(ValueError):
+  """An archive member could escape the archive (path or link)."""
+
+
+class CorruptMemberError(ValueError):
+  """A member exists but cannot be decoded into its target."""
+
+
+class Source(Protocol):
+  """Read-only view of one dataset root (an archive or a folder)."""
+
+  description: str
+
+  def has(self, rel: str) -> bool: ...
+
+  def read(self, rel: str) -> bytes: ...
+
+  def close(self) -> None: ...
+
+
+def _unsafe_name(name: str) -> bool:
+  if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
+    return True
+  return ".." in name.replace("\\", "/").split("/")
+
+
+class TarSource:
+  """Random access to a tarball's regular members, after safety checks."""
+
+  def __init__(self, path: str, marker: str, *,
+               tmp_dir: str | None = None) -> None:
+    self.path = os.fspath(path)
+    self._tmp: str | None = None
+    self._tar: tarfile.TarFile | None = None
+    try:
+      try:
+        self._tar = tarfile.open(self._plain_tar(tmp_dir), "r:")
+        members = self._tar.getmembers()
+      except (tarfile.TarError, OSError, EOFError, lzma.LZMAError) as e:
+        raise ValueError(f"{self.path} is not a readable tar archive "
+                         f"({type(e).__name__}: {e})") from e
+      self._files = self._index(members)
+      self.root = _find_root(self._files, marker, self.path)
+    except BaseException:
+      self.close()
+      raise
+    self.description = f"{self.path}:{self.root}"
+
+  def _plain_tar(self, tmp_dir: str | None) -> str:
+    """Decompresses a compressed tarball once, as a byte stream."""
+    with open(self.path, "rb") as f:
+      magic = f.read(6)
+    opener = next((o for m, o in _OPENERS if magic.startswith(m)), None)
+    if opener is None:
+      return self.path
+    fd, self._tmp = tempfile.mkstemp(suffix=".tar", dir=tmp_dir,
+                                     prefix="mtdense_archive_")
+    log.info("Decompressing %s to %s (read in place afterwards).",
+             self.path, self._tmp)
+    with opener(self.path, "rb") as src, os.fdopen(fd, "wb") as dst:
+      shutil.copyfileobj(src, dst, 16 << 20)
+    return self._tmp
+
+  def _index(self, members: Iterable[tarfile.TarInfo]
+             ) -> dict[str, tarfile.TarInfo]:
+    files, links = {}, {}
+    for m in members:
+      if _unsafe_name(m.name):
+        raise UnsafeArchiveError(
+            f"{self.path}: refusing archive member {m.name!r} (absolute path "
+            "or '..' component); nothing was extracted.")
+      name = posixpath.normpath(m.name)
+      if m.issym() or m.islnk():
+        base = posixpath.dirname(name) if m.issym() else ""
+        target = posixpath.normpath(posixpath.join(base, m.linkname))
+        if m.linkname.startswith("/") or _unsafe_name(target):
+          raise UnsafeArchiveError(
+              f"{self.path}: refusing link {m.name!r} -> {m.linkname!r}, "
+              "which points outside the archive; nothing was followed.")
+        links[name] = target
+      elif m.isreg():
+        files[name] = m
+      elif not m.isdir():
+        raise UnsafeArchiveError(
+            f"{self.path}: refusing special member {m.name!r} (device/fifo).")
+    for name, target in links.items():
+      for _ in range(8):  # Links to links, inside the archive only.
+        target = links.get(target, target)
+      if target in files:
+        files[name] = files[target]
+    return files
+
+  def has(self, rel: str) -> bool:
+    return posixpath.join(self.root, rel) in self._files
+
+  def read(self, rel: str) -> bytes:
+    info = self._files.get(posixpath.join(self.root, rel))
+    if info is None:
+      raise FileNotFoundError(f"{rel} is not in {self.description}")
+    f = self._tar.extractfile(info)
+    assert f is not None
+    return f.read()
+
+  def close(self) -> None:
+    if self._tar is not None:
+      self._tar.close()
+      self._tar = None
+    if self._tmp and os.path.exists(self._tmp):
+      os.remove(self._tmp)
+      self._tmp = None
+
+
+def _find_root(files: Iterable[str], marker: str, where: str) -> str:
+  """The shallowest folder holding `marker` (e.g. 'gt_sets/train.txt')."""
+  roots = [f[:-len(marker)].rstrip("/") for f in files
+           if f == marker or f.endswith("/" + marker)]
+  if not roots:
+    raise FileNotFoundError(
+        f"{where} does not contain {marker} (wrong archive?)")
+  return min(roots, key=lambda r: (r.count("/"), r))
+
+
+class FolderSource:
+  """An extracted dataset folder; symlinks may not leave it."""
+
+  def __init__(self, root: str) -> None:
+    self.root = os.path.realpath(root)
+    self.description = self.root
+
+  def _path(self, rel: str) -> str:
+    if _unsafe_name(rel):
+      raise UnsafeArchiveError(f"refusing path {rel!r} under {self.root}")
+    path = os.path.join(self.root, rel)
+    real = os.path.realpath(path)
+    if os.path.commonpath([real, self.root]) != self.root:
+      raise UnsafeArchiveError(
+          f"{path} links to {real}, outside {self.root}; not followed.")
+    return real
+
+  def has(self, rel: str) -> bool:
+    return os.path.isfile(self._path(rel))
+
+  def read(self, rel: str) -> bytes:
+    with open(self._path(rel), "rb") as f:
+      return f.read()
+
+  def close(self) -> None:
+    pass
+
+
+def open_source(where: str, *, archives: tuple[str, ...],
+                folders: tuple[str, ...], marker: str,
+                tmp_dir: str | None = None) -> Source:
+  """Finds the archive or extracted folder in `where` (a file or folder).
+
+  Preference: `where` itself (archive file or dataset folder), then an
+  extracted folder inside it, then an archive inside it.
+  """
+  where = os.fspath(where)
+  if os.path.isfile(where):
+    return TarSource(where, marker, tmp_dir=tmp_dir)
+  if os.path.isfile(os.path.join(where, marker)):
+    return FolderSource(where)
+  for name in folders:
+    if os.path.isfile(os.path.join(where, name, marker)):
+      log.info("Reading the extracted folder %s", os.path.join(where, name))
+      return FolderSource(os.path.join(where, name))
+  for name in archives:
+    if os.path.isfile(os.path.join(where, name)):
+      log.info("Reading the archive %s", os.path.join(where, name))
+      return TarSource(os.path.join(where, name), marker, tmp_dir=tmp_dir)
+  raise FileNotFoundError(
+      f"{archives[0]} not found: put {archives[0]} (or its extracted folder "
+      f"{folders[0]}/) in the folder {os.path.abspath(where)} (the TFDS "
+      "manual directory, or the manual_dir given to make_builder).")
+
+
+def read_split(source: Source, rel: str) -> list[str]:
+  """Image ids of a split file: stripped, blank lines skipped, unique."""
+  if not source.has(rel):
+    raise FileNotFoundError(f"split file {rel} missing in {source.description}")
+  ids = [s.strip() for s in source.read(rel).decode().splitlines()]
+  ids = [s for s in ids if s]
+  dup = sorted(k for k, n in collections.Counter(ids).items() if n > 1)
+  if dup:
+    raise ValueError(f"{rel} lists image ids twice: {dup[:5]}")
+  return ids
+
+
+def first_present(source: Source, stem: str,
+                  exts: tuple[str, ...]) -> str | None:
+  """`stem + ext` for the first ext present in the source, else None."""
+  for ext in exts:
+    if source.has(stem + ext):
+      return stem + ext
+  return None
+
+
+# ----------------------------------------------------------------- decoding
+
+
+def decode_image_array(data: bytes) -> np.ndarray:
+  """PIL decode as the reference loaders do (`np.array(Image.open(f))`)."""
+  with Image.open(io.BytesIO(data)) as im:
+    return np.array(im)
+
+
+def rgb_image_bytes(data: bytes) -> tuple[bytes, tuple[int, int]]:
+  """Validates an image by decoding it fully; keeps the bytes if RGB.
+
+  Returns the bytes to store and (H, W). Non-RGB files (grey, palette,
+  RGBA) are converted to RGB like the loaders' `.convert('RGB')` and
+  re-encoded as PNG, the only case where the original bytes are not kept.
+  """
+  with Image.open(io.BytesIO(data)) as im:
+    im.load()
+    size = (im.height, im.width)
+    if im.mode == "RGB" and im.format in ("JPEG", "PNG"):
+      return data, size
+    return encode_png(np.asarray(im.convert("RGB"))), size
+
+
+def encode_png(arr: np.ndarray) -> bytes:
+  """uint8 (H, W), (H, W, 1) or (H, W, 3) -> PNG bytes (PIL, no TF)."""
+  arr = np.asarray(arr)
+  if arr.dtype != np.uint8:
+    raise TypeError(f"encode_png wants uint8, got {arr.dtype}")
+  if arr.ndim == 3 and arr.shape[-1] == 1:
+    arr = arr[..., 0]
+  buf = io.BytesIO()
+  Image.fromarray(arr).save(buf, format="PNG", compress_level=1)
+  return buf.getvalue()
+
+
+def load_npy(data: bytes) -> np.ndarray:
+  return np.load(io.BytesIO(data), allow_pickle=False)
+
+
+def load_mat(data: bytes) -> dict:
+  return scipy.io.loadmat(io.BytesIO(data))
+
+
+def resize_to(arr: np.ndarray, hw: tuple[int, int], *,
+              cubic: bool = False) -> np.ndarray:
+  """cv2.resize to (H, W) as the loaders do when a label's size differs."""
+  if tuple(arr.shape[:2]) == tuple(hw):
+    return arr
+  interp = cv2.INTER_CUBIC if cubic else cv2.INTER_NEAREST
+  out = cv2.resize(arr, (hw[1], hw[0]), interpolation=interp)
+  if arr.ndim == 3 and out.ndim == 2:
+    out = out[..., None]
+  return out
+
+
+def binary_uint8(x: np.ndarray, what: str) -> np.ndarray:
+  """A {0, 1} map as uint8 (H, W, 1); anything else is an error."""
+  x = np.asarray(x)
+  if x.ndim == 3 and x.shape[-1] == 1:
+    x = x[..., 0]
+  if x.ndim != 2 or not np.isin(x, (0, 1)).all():
+    raise CorruptMemberError(f"{what}: expected a 2-D {{0, 1}} map, got "
+                             f"shape {x.shape}, values {np.unique(x)[:6]}")
+  return x.astype(np.uint8)[..., None]
+
+
+def read_member(source: Source, rel: str, image_id: str) -> bytes:
+  """Bytes of a member; a missing one names the file and the image id."""
+  try:
+    return source.read(rel)
+  except (FileNotFoundError, KeyError) as e:
+    raise FileNotFoundError(
+        f"{rel} (image id {image_id}) is missing in {source.description}"
+    ) from e
+
+
+def decode_or_raise(rel: str, image_id: str, fn, *args):
+  """Runs a decoder; any failure names the member and the image id."""
+  try:
+    return fn(*args)
+  except Exception as e:  # pylint: disable=broad-except
+    raise CorruptMemberError(
+        f"{rel} (image id {image_id}) is corrupt or unreadable: "
+        f"{type(e).__name__}: {e}") from e
+
+
+def check_members(source: Source, split_ids: dict[str, list[str]],
+                  wanted) -> None:
+  """Fails before writing anything if a split names a missing member.
+
+  `wanted(image_id)` yields (what, rel or None) pairs; None = not found.
+  """
+  missing = []
+  for split, ids in split_ids.items():
+    for image_id in ids:
+      for what, rel in wanted(image_id):
+        if rel is None:
+          missing.append(f"{what} for image id {image_id} (split {split})")
+  if missing:
+    more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
+    raise FileNotFoundError(
+        f"{source.description}: {len(missing)} members named by the split "
+        f"files are missing, e.g. {'; '.join(missing[:10])}{more}. "
+        "Nothing was written.")
+
+
+def source_for_builder(manual_path: str | None, download_config,
+                       data_dir_root, tmp_dir: str | None, **kw) -> Source:
+  """Opens the input named by make_builder's manual_dir or TFDS's manual dir.
+
+  A compressed tarball is decompressed into `tmp_dir`, by default
+  `<data_dir>/downloads/tmp` (beside the data, not in a small /tmp).
+  """
+  where = (manual_path or download_config.manual_dir
+           or os.path.join(os.fspath(data_dir_root), "downloads", "manual"))
+  if tmp_dir is None:
+    tmp_dir = os.path.join(os.fspath(data_dir_root), "downloads", "tmp")
+    os.makedirs(tmp_dir, exist_ok=True)
+  return open_source(os.fspath(where), tmp_dir=tmp_dir, **kw)

@@ -1,0 +1,217 @@
+"""Tiny fake NYUDv2 / PASCALContext archives in the public layouts.
+
+Folder and file names follow notes/datasets.md and the reference loaders
+(prismformore/Multi-Task-Transformer InvPT/data/{nyud,pascal_context}.py;
+SimonVandenhende/Multi-Task-Learning-PyTorch data/{nyud,pascal_context}.py).
+Each writer returns the raw arrays it wrote so tests can compute the
+expected targets independently of the builder.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pathlib
+import tarfile
+
+import numpy as np
+from PIL import Image
+import scipy.io
+
+# Person part names of PASCAL-Part (the keys of the reference HUMAN_PART).
+PERSON_PARTS = (
+    "hair", "head", "lear", "lebrow", "leye", "lfoot", "lhand", "llarm",
+    "llleg", "luarm", "luleg", "mouth", "neck", "nose", "rear", "rebrow",
+    "reye", "rfoot", "rhand", "rlarm", "rlleg", "ruarm", "ruleg", "torso")
+
+
+def _png(path: pathlib.Path, arr: np.ndarray) -> None:
+  path.parent.mkdir(parents=True, exist_ok=True)
+  Image.fromarray(arr).save(path, format="PNG")
+
+
+def _jpeg(path: pathlib.Path, arr: np.ndarray) -> None:
+  path.parent.mkdir(parents=True, exist_ok=True)
+  Image.fromarray(arr).save(path, format="JPEG", quality=90)
+
+
+def _npy(path: pathlib.Path, arr: np.ndarray) -> None:
+  path.parent.mkdir(parents=True, exist_ok=True)
+  np.save(path, arr)
+
+
+def _split_files(folder: pathlib.Path, train, val) -> None:
+  folder.mkdir(parents=True, exist_ok=True)
+  (folder / "train.txt").write_text("".join(f"{i}\n" for i in train))
+  (folder / "val.txt").write_text("".join(f"{i}\n" for i in val))
+
+
+def _image(rng, hw) -> np.ndarray:
+  # Smooth content so JPEG round trips are realistic, plus some noise.
+  y, x = np.mgrid[:hw[0], :hw[1]]
+  base = np.stack([x * 255 // max(hw[1] - 1, 1), y * 255 // max(hw[0] - 1, 1),
+                   (x + y) % 256], -1)
+  return np.clip(base + rng.integers(0, 30, (*hw, 3)), 0, 255).astype(np.uint8)
+
+
+def write_nyud(root, *, train=("0001", "0002"), val=("0003",), hw=(8, 10),
+               layout: str = "atrc", seed: int = 0) -> dict:
+  """Writes root/NYUDv2/...; layout 'atrc' (PNGs) or 'mtl' (JPEG + .npy)."""
+  rng = np.random.default_rng(seed)
+  top = pathlib.Path(root) / "NYUDv2"
+  _split_files(top / "gt_sets", train, val)
+  raw = {}
+  for i in (*train, *val):
+    img = _image(rng, hw)
+    seg = rng.integers(0, 41, hw).astype(np.uint8)
+    depth = rng.uniform(0.5, 9.0, hw).astype(np.float32)
+    depth[rng.random(hw) < 0.2] = 0.0
+    edge = (rng.random(hw) < 0.3).astype(np.uint8)
+    if layout == "atrc":
+      _png(top / "images" / f"{i}.png", img)
+      normals = rng.integers(0, 256, (*hw, 3)).astype(np.uint8)
+      _png(top / "normals" / f"{i}.png", normals)
+      _png(top / "edge" / f"{i}.png", edge * 255)
+    else:
+      _jpeg(top / "images" / f"{i}.jpg", img)
+      n = rng.normal(size=(*hw, 3)).astype(np.float32)
+      normals = n / np.linalg.norm(n, axis=-1, keepdims=True)
+      normals[rng.random(hw) < 0.2] = 0.0
+      _npy(top / "normals" / f"{i}.npy", normals)
+      _npy(top / "edge" / f"{i}.npy", edge.astype(np.float32))
+    _png(top / "segmentation" / f"{i}.png", seg)
+    _npy(top / "depth" / f"{i}.npy", depth)
+    raw[i] = dict(image=img, semseg=seg, depth=depth, normals=normals,
+                  edge=edge)
+  return raw
+
+
+def _mat_struct(fields: list[tuple[str, object]]) -> np.ndarray:
+  """A 1x1 MATLAB struct as scipy.io.savemat writes it."""
+  s = np.empty((1, 1), dtype=[(k, object) for k, _ in fields])
+  for k, v in fields:
+    s[0, 0][k] = v
+  return s
+
+
+def _struct_row(rows: list[list[tuple[str, object]]],
+                names: tuple[str, ...]) -> np.ndarray:
+  """A 1xN MATLAB struct array."""
+  s = np.empty((1, len(rows)), dtype=[(k, object) for k in names])
+  for j, row in enumerate(rows):
+    for k, v in row:
+      s[0, j][k] = v
+  return s
+
+
+def human_parts_mat(objects: list[dict]) -> dict:
+  """PASCAL-Part `anno`: imname, objects(class, class_ind, mask, parts).
+
+  `objects`: dicts with cls (int), mask (uint8 HxW), parts ({name: mask}).
+  A person without parts gets an empty 0x0 `parts` field, as in the data.
+  """
+  rows = []
+  for o in objects:
+    if o["parts"]:
+      parts = _struct_row([[("part_name", n), ("mask", m)]
+                           for n, m in o["parts"].items()],
+                          ("part_name", "mask"))
+    else:
+      parts = np.zeros((0, 0))
+    rows.append([("class", "person" if o["cls"] == 15 else "other"),
+                 ("class_ind", np.array([[o["cls"]]], np.uint8)),
+                 ("mask", o["mask"]), ("parts", parts)])
+  objs = _struct_row(rows, ("class", "class_ind", "mask", "parts"))
+  return {"anno": _mat_struct([("imname", "x"), ("objects", objs)])}
+
+
+def _blocks(rng, hw, values) -> np.ndarray:
+  """Piecewise-constant context labels (regions, like real LabelMaps)."""
+  b = max(2, min(hw) // 8)
+  coarse = rng.choice(values, size=(-(-hw[0] // b), -(-hw[1] // b)))
+  return np.kron(coarse, np.ones((b, b), int))[:hw[0], :hw[1]].astype(
+      np.uint16)
+
+
+def _fake_objects(rng, hw, kind: str) -> list[dict]:
+  """kind: 'person' (2 people with parts + a dog), 'noparts', 'none'."""
+  objs = [{"cls": 12, "mask": (rng.random(hw) < 0.3).astype(np.uint8),
+           "parts": {}}]
+  if kind == "noparts":
+    objs.append({"cls": 15, "mask": (rng.random(hw) < 0.3).astype(np.uint8),
+                 "parts": {}})
+  if kind == "person":
+    for _ in range(2):
+      mask = (rng.random(hw) < 0.5).astype(np.uint8)
+      names = rng.choice(PERSON_PARTS, size=5, replace=False)
+      parts = {str(n): ((rng.random(hw) < 0.25) & (mask > 0)).astype(np.uint8)
+               for n in names}
+      objs.append({"cls": 15, "mask": mask, "parts": parts})
+  return objs
+
+
+def write_pascal(root, *, train=("2008_000001", "2008_000002"),
+                 val=("2008_000003",), hw=(9, 11), voc=("2008_000001",),
+                 parts=("person", "noparts", "none"), db_info=None,
+                 seed: int = 0) -> dict:
+  """Writes root/PASCALContext/...; `voc` ids get semseg/VOC12 labels.
+
+  db_info: optional (nyu_classes, context_classes) dicts written to
+  PASCALContext/db_info/ (for the archive fallback).
+  """
+  rng = np.random.default_rng(seed)
+  top = pathlib.Path(root) / "PASCALContext"
+  _split_files(top / "ImageSets" / "Context", train, val)
+  raw = {}
+  for k, i in enumerate((*train, *val)):
+    img = _image(rng, hw)
+    _jpeg(top / "JPEGImages" / f"{i}.jpg", img)
+    seg = rng.integers(0, 21, hw).astype(np.uint8)
+    seg[rng.random(hw) < 0.1] = 255
+    sub = "VOC12" if i in voc else "pascal-context"
+    _png(top / "semseg" / sub / f"{i}.png", seg)
+    labelmap = _blocks(rng, hw, [1, 3, 4, 15, 22, 59, 284, 427, 459])
+    scipy.io.savemat(_mkparent(top / "pascal-context" / "trainval" /
+                               f"{i}.mat"), {"LabelMap": labelmap})
+    objs = _fake_objects(rng, hw, parts[k % len(parts)])
+    scipy.io.savemat(_mkparent(top / "human_parts" / f"{i}.mat"),
+                     human_parts_mat(objs))
+    normals = rng.integers(0, 256, (*hw, 3)).astype(np.uint8)
+    _png(top / "normals_distill" / f"{i}.png", normals)
+    sal = rng.integers(0, 256, hw).astype(np.uint8)
+    _png(top / "sal_distill" / f"{i}.png", sal)
+    raw[i] = dict(image=img, semseg=seg, labelmap=labelmap, objects=objs,
+                  normals=normals, sal=sal)
+  if db_info is not None:
+    (top / "db_info").mkdir(parents=True, exist_ok=True)
+    for name, d in zip(("nyu_classes.json", "context_classes.json"), db_info):
+      (top / "db_info" / name).write_text(json.dumps(d))
+  return raw
+
+
+def _mkparent(path: pathlib.Path) -> str:
+  path.parent.mkdir(parents=True, exist_ok=True)
+  return os.fspath(path)
+
+
+def make_tarball(folder, tar_path, *, gz: bool = True) -> str:
+  """Packs `folder` (e.g. .../NYUDv2) as <tar_path> with its top folder."""
+  folder = pathlib.Path(folder)
+  with tarfile.open(tar_path, "w:gz" if gz else "w") as tar:
+    tar.add(folder, arcname=folder.name)
+  return os.fspath(tar_path)
+
+
+def add_member(tar_path, name: str, data: bytes = b"x", *,
+               link: str | None = None, hard: bool = False) -> None:
+  """Appends a crafted member (plain tar only): a file or a link."""
+  with tarfile.open(tar_path, "a") as tar:
+    info = tarfile.TarInfo(name)
+    if link is not None:
+      info.type = tarfile.LNKTYPE if hard else tarfile.SYMTYPE
+      info.linkname = link
+      tar.addfile(info)
+    else:
+      info.size = len(data)
+      tar.addfile(info, io.BytesIO(data))
