@@ -1,0 +1,111 @@
+"""Shared building blocks with PyTorch semantics (NHWC).
+
+The ports in this package reproduce PyTorch models to float32 noise, so the
+blocks here pin the PyTorch conventions that Flax defaults differ from:
+exact-erf GELU (``nn.GELU()``; Flax defaults to tanh), bilinear resizing with
+``align_corners=False`` and no antialiasing (``F.interpolate``; JAX
+antialiases when downsampling by default), BatchNorm momentum 0.1 (Flax 0.9)
+and eps 1e-5, and DropPath as in timm (``timm/models/layers/drop.py``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flax import nnx
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+
+
+def gelu(x: jax.Array) -> jax.Array:
+  """Exact (erf) GELU, PyTorch's ``nn.GELU()`` default."""
+  return jax.nn.gelu(x, approximate=False)
+
+
+def resize_bilinear(x: jax.Array, size: tuple[int, int]) -> jax.Array:
+  """``F.interpolate(x, size, mode='bilinear', align_corners=False)``, NHWC.
+
+  Also equals ``scale_factor=`` calls when the factor is an exact ratio.
+  """
+  b, h, w, c = x.shape
+  size = (int(size[0]), int(size[1]))
+  if (h, w) == size:
+    return x
+  return jax.image.resize(x, (b, *size, c), method="linear", antialias=False)
+
+
+def next_key(rngs: Any, stream: str = "dropout") -> jax.Array:
+  """A fresh PRNG key from ``nnx.Rngs`` (named stream or default) or a key."""
+  if isinstance(rngs, nnx.Rngs):
+    return getattr(rngs, stream)() if stream in rngs else rngs()
+  return rngs
+
+
+class DropPath(nnx.Module):
+  """Stochastic depth per sample (timm ``DropPath``, ``scale_by_keep``).
+
+  Stores no RNG state: ``rngs`` is given at call time. Identity when
+  ``deterministic`` (``model.eval()``), ``rngs is None`` or the rate is 0.
+  """
+
+  def __init__(self, rate: float, *, deterministic: bool = False):
+    self.rate = float(rate)
+    self.deterministic = deterministic
+
+  def __call__(self, x: jax.Array, *, rngs: Any = None) -> jax.Array:
+    if self.deterministic or rngs is None or self.rate == 0.0:
+      return x
+    keep = 1.0 - self.rate
+    shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+    mask = jax.random.bernoulli(next_key(rngs), keep, shape)
+    return x * mask.astype(x.dtype) / jnp.asarray(keep, x.dtype)
+
+
+class Mlp(nnx.Module):
+  """Linear -> exact GELU -> Linear (timm ``Mlp``; names fc1, fc2)."""
+
+  def __init__(self, dim: int, hidden: int, *, rngs: nnx.Rngs,
+               dtype: Dtype = jnp.float32):
+    self.fc1 = nnx.Linear(dim, hidden, dtype=dtype, rngs=rngs)
+    self.fc2 = nnx.Linear(hidden, dim, dtype=dtype, rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return self.fc2(gelu(self.fc1(x)))
+
+
+def batch_norm(features: int, *, rngs: nnx.Rngs, dtype: Dtype = jnp.float32,
+               axis_name: str | None = None) -> nnx.BatchNorm:
+  """``nn.BatchNorm2d`` defaults: eps 1e-5, torch momentum 0.1 (Flax 0.9).
+
+  ``axis_name`` makes it a SyncBatchNorm over that mapped mesh axis.
+  """
+  return nnx.BatchNorm(features, momentum=0.9, epsilon=1e-5, dtype=dtype,
+                       axis_name=axis_name, rngs=rngs)
+
+
+def conv(cin: int, cout: int, kernel: int, *, rngs: nnx.Rngs,
+         dtype: Dtype = jnp.float32, padding: int = 0, stride: int = 1,
+         dilation: int = 1, groups: int = 1, bias: bool = True) -> nnx.Conv:
+  """``nn.Conv2d`` with symmetric integer padding, as a Flax conv."""
+  return nnx.Conv(cin, cout, (kernel, kernel), strides=(stride, stride),
+                  padding=((padding, padding), (padding, padding)),
+                  kernel_dilation=(dilation, dilation),
+                  feature_group_count=groups, use_bias=bias, dtype=dtype,
+                  rngs=rngs)
+
+
+class ConvBNReLU(nnx.Module):
+  """Conv (no bias by default) -> BatchNorm -> ReLU; names ``conv``, ``bn``."""
+
+  def __init__(self, cin: int, cout: int, *, rngs: nnx.Rngs,
+               dtype: Dtype = jnp.float32, kernel: int = 3, padding: int = 1,
+               dilation: int = 1, bias: bool = False,
+               bn_axis_name: str | None = None):
+    self.conv = conv(cin, cout, kernel, padding=padding, dilation=dilation,
+                     bias=bias, dtype=dtype, rngs=rngs)
+    self.bn = batch_norm(cout, dtype=dtype, axis_name=bn_axis_name, rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return jax.nn.relu(self.bn(self.conv(x)))
