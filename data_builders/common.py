@@ -1,4 +1,4 @@
-"""Shared pieces of the real-data builders: safe archive reading, decoders.
+"""Shared pieces of the real-data builders: archive reading, decoders, base.
 
 The public multi-task archives (NYUDv2.tar.gz, PASCALContext.tar.gz; see
 notes/datasets.md) are read member by member, never extracted by member
@@ -8,6 +8,7 @@ with random access. Every member name is checked before anything is read:
 absolute paths, ``..`` components, links leaving the archive and device
 files make the whole archive be refused (`UnsafeArchiveError`). An extracted
 folder is read in place, with the same rule for symlinks leaving it.
+`ArchiveBuilder` is the TFDS builder both real datasets subclass.
 
 Standalone on purpose: builders must not import the training code.
 """
@@ -23,14 +24,17 @@ import lzma
 import os
 import posixpath
 import shutil
+import sys
 import tarfile
 import tempfile
-from typing import Iterable, Protocol
+from typing import ClassVar, Iterable, Mapping, Protocol, Sequence
 
 import cv2
+from etils import epath
 import numpy as np
 from PIL import Image
 import scipy.io
+import tensorflow_datasets as tfds
 
 log = logging.getLogger(__name__)
 
@@ -356,3 +360,124 @@ def source_for_builder(manual_path: str | None, download_config,
     tmp_dir = os.path.join(os.fspath(data_dir_root), "downloads", "tmp")
     os.makedirs(tmp_dir, exist_ok=True)
   return open_source(os.fspath(where), tmp_dir=tmp_dir, **kw)
+
+
+# ------------------------------------------------------------------ builders
+
+# Tasks stored as PNG label maps; the others are zlib float32 tensors.
+LABEL_TASKS = ("semseg", "human_parts", "sal", "edge")
+_TENSOR_CHANNELS = {"depth": 1, "normals": 3}
+
+
+def task_features(tasks: Sequence[str]) -> tfds.features.FeaturesDict:
+  """The feature spec of the contract for the configured `tasks`."""
+  spec = {
+      "image": tfds.features.Image(shape=(None, None, 3)),
+      "id": tfds.features.Text(),
+      "orig_size": tfds.features.Tensor(shape=(2,), dtype=np.int32),
+  }
+  for t in tasks:
+    if t in LABEL_TASKS:
+      spec[t] = tfds.features.Image(shape=(None, None, 1),
+                                    encoding_format="png")
+    else:
+      spec[t] = tfds.features.Tensor(shape=(None, None, _TENSOR_CHANNELS[t]),
+                                     dtype=np.float32, encoding="zlib")
+  return tfds.features.FeaturesDict(spec)
+
+
+def encode_feature(task: str, y: np.ndarray) -> np.ndarray | bytes:
+  """A decoded target as `task_features` stores it (label maps as PNG)."""
+  return encode_png(y) if task in LABEL_TASKS else y
+
+
+class ArchiveBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """What the archive builders share: finding and closing the input.
+
+  A subclass sets where its input is (`ARCHIVES`, `FOLDERS`, `MARKER`,
+  `SPLIT_FILES`) and what it holds (`TASK_CLASS_NAMES`, `EDGE_MAX_DIST`), and
+  implements `_split_generators` and `_example(image_id)`. Its config has
+  `tasks`; its module docstring is the dataset description.
+  """
+
+  ARCHIVES: ClassVar[tuple[str, ...]]
+  FOLDERS: ClassVar[tuple[str, ...]]
+  MARKER: ClassVar[str]
+  SPLIT_FILES: ClassVar[Mapping[str, str]]
+  # Task -> its class names, in label order (the metadata's num_classes).
+  TASK_CLASS_NAMES: ClassVar[Mapping[str, Sequence[str]]]
+  EDGE_MAX_DIST: ClassVar[float]
+
+  def __init__(self, *, manual_dir: str | None = None,
+               tmp_dir: str | None = None, **kwargs) -> None:
+    self._manual_path = manual_dir
+    self._tmp_dir = tmp_dir
+    self._source: Source | None = None
+    super().__init__(**kwargs)
+    # Kept for TFDS's pickling, which re-runs __init__ from this dict.
+    self._original_state.update(dict(file_format=kwargs.get("file_format"),
+                                     manual_dir=manual_dir, tmp_dir=tmp_dir))
+
+  @tfds.core.utils.classproperty
+  @classmethod
+  def code_path(cls) -> epath.Path:
+    # TFDS's default lookup imports the optional `importlib_resources`.
+    return epath.Path(sys.modules[cls.__module__].__file__)
+
+  @property
+  def tasks(self) -> tuple[str, ...]:
+    return tuple(self.builder_config.tasks)
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    names = self.TASK_CLASS_NAMES
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description=sys.modules[type(self).__module__].__doc__,
+        features=task_features(self.tasks),
+        metadata=tfds.core.MetadataDict(
+            tasks=list(self.tasks),
+            num_classes={t: len(n) for t, n in names.items()},
+            class_names={t: list(n) for t, n in names.items()},
+            edge_max_dist=self.EDGE_MAX_DIST),
+    )
+
+  def _download_and_prepare(self, dl_manager, download_config) -> None:
+    self._source = source_for_builder(
+        self._manual_path, download_config, self.data_dir_root,
+        self._tmp_dir, archives=self.ARCHIVES, folders=self.FOLDERS,
+        marker=self.MARKER)
+    try:
+      super()._download_and_prepare(dl_manager, download_config)
+    finally:
+      self._source.close()
+      self._source = None
+
+  def _wanted(self, image_id: str):
+    """(what, rel or None) for every member an example needs."""
+    raise NotImplementedError
+
+  def _split_ids(self) -> dict[str, list[str]]:
+    """Image ids per split, once every member they need is known present."""
+    ids = {s: read_split(self._source, f) for s, f in self.SPLIT_FILES.items()}
+    check_members(self._source, ids, self._wanted)
+    return ids
+
+  def _example(self, image_id: str) -> dict:
+    raise NotImplementedError
+
+  def _generate_examples(self, ids: list[str]):
+    for image_id in ids:
+      yield image_id, self._example(image_id)
+
+
+def make_archive_builder(cls: type[ArchiveBuilder], config: str, *,
+                         data_dir: str | None, manual_dir: str | None,
+                         **overrides) -> ArchiveBuilder:
+  """The body of each package's `make_builder`: array_record by default.
+
+  `manual_dir` may name the archive itself, the extracted folder, or a
+  folder holding either. Prepare with `builder.download_and_prepare()`.
+  """
+  overrides.setdefault("file_format", "array_record")
+  return cls(config=config, data_dir=data_dir, manual_dir=manual_dir,
+             **overrides)

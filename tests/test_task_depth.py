@@ -7,21 +7,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mtdense_jax import registry
 from mtdense_jax.tasks import base
+from mtdense_jax.tasks import common
 from mtdense_jax.tasks import depth
+from tests import task_testing as tt
 
 # Sidecar notes of metrics_depth.json.
 RTOL, ATOL = 1e-5, 1e-7
 
 
-def _nhwc(x):
-  return jnp.asarray(np.transpose(x, (0, 2, 3, 1)))
-
-
 def test_registry_and_interface():
-  task = registry.lookup("task", "depth").Task()
-  assert isinstance(task, base.Task) and task.name == "depth"
+  task = tt.plugin_task("depth")
   assert task.num_outputs == 1 and task.label_dtype == "float32"
   assert task.primary_metric == "rmse"
   assert task.metric_directions["log_rmse"] is False
@@ -31,28 +27,15 @@ def test_registry_and_interface():
 
 def test_loss_golden(golden):
   npz, meta = golden("losses_depth")
-  case = meta["cases"]["depth"]
-  pred = _nhwc(npz[case["inputs"]["pred"]["key"]])
-  label = _nhwc(npz[case["inputs"]["label"]["key"]])
+  pred, label, want = tt.loss_case(npz, meta["cases"]["depth"])
   got = jax.jit(depth.Task().loss)(pred, label)
   # float32 reduction vs PyTorch float32: rtol 1e-5.
-  np.testing.assert_allclose(got, npz[case["outputs"]["loss"]["key"]],
-                             rtol=1e-5)
+  np.testing.assert_allclose(got, want, rtol=1e-5)
 
 
 def test_loss_all_ignored_is_zero():
   label = jnp.full((1, 4, 4, 1), 255.0)
   assert float(depth.Task().loss(jnp.ones((1, 4, 4, 1)), label)) == 0.0
-
-
-def _run_metric(task, pred, gt, batch=2):
-  """Feeds the golden set batch by batch through the jitted update."""
-  update = jax.jit(task.metric_update)
-  stats = task.metric_init()
-  for i in range(0, pred.shape[0], batch):
-    stats = update(stats, pred[i:i + batch], gt[i:i + batch],
-                   jnp.ones((min(batch, pred.shape[0] - i),), bool))
-  return task.metric_compute(jax.device_get(stats))
 
 
 # (golden id, Task kwargs): which Task configuration reproduces each id.
@@ -71,9 +54,9 @@ def test_metrics_golden(golden, ref_id, kwargs):
   ref = {r["id"]: r for r in meta["references"]}[ref_id]
   # Every id consumed the raw network output; gt invalid = 255 is what our
   # pipeline delivers (the offline ids used 0 = invalid, the same pixels).
-  pred = _nhwc(npz["depth/pred_raw"])
+  pred = tt.jnhwc(npz["depth/pred_raw"])
   gt = jnp.asarray(npz["depth/gt_ignore"])[..., None]
-  got = _run_metric(depth.Task(**kwargs), pred, gt, ref["batch_size"])
+  got = tt.run_metric(depth.Task(**kwargs), pred, gt, ref["batch_size"])
   for key, want in ref["outputs"].items():
     np.testing.assert_allclose(got[key], want, rtol=RTOL, atol=ATOL,
                                err_msg=f"{ref_id}/{key}")
@@ -82,9 +65,9 @@ def test_metrics_golden(golden, ref_id, kwargs):
 def test_padded_examples_and_batching_do_not_matter(golden):
   npz, _ = golden("metrics_depth")
   task = depth.Task()
-  pred = _nhwc(npz["depth/pred_raw"])
+  pred = tt.jnhwc(npz["depth/pred_raw"])
   gt = jnp.asarray(npz["depth/gt_ignore"])[..., None]
-  whole = _run_metric(task, pred, gt, batch=6)
+  whole = tt.run_metric(task, pred, gt, batch=6)
   # Batch of 4 with 2 padded garbage examples, then merged with the rest.
   junk_pred = jnp.concatenate([pred[:2], 7 * jnp.ones_like(pred[:2])])
   junk_gt = jnp.concatenate([gt[:2], jnp.ones_like(gt[:2])])
@@ -99,12 +82,11 @@ def test_padded_examples_and_batching_do_not_matter(golden):
 
 def test_running_sum_is_compensated():
   # 2**24 + many ones: a plain float32 accumulator would stay at 2**24.
-  # pylint: disable=protected-access
   total = jnp.array([2.0**24, 0.0], jnp.float32)
-  add = jax.jit(depth._acc_add)
+  add = jax.jit(common.acc_add)
   for _ in range(64):
     total = add(total, jnp.float32(1.0))
-  assert depth._acc_value(total) == 2.0**24 + 64
+  assert common.acc_value(total) == 2.0**24 + 64
 
 
 def test_postprocess_and_colorize():

@@ -8,18 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from mtdense_jax import registry
-from mtdense_jax.tasks import base
 from mtdense_jax.tasks import edge
-
-
-def _nhwc(x):
-  return jnp.asarray(np.transpose(x, (0, 2, 3, 1)))
+from tests import task_testing as tt
 
 
 def test_registry_and_interface():
-  task = registry.lookup("task", "edge").Task()
-  assert isinstance(task, base.Task) and task.name == "edge"
+  task = tt.plugin_task("edge")
   assert task.num_outputs == 1 and task.pos_weight == 0.95
   assert dict(task.metric_directions) == {"loss": False}
   assert dict(task.delta_m_metrics) == {"odsF": True}
@@ -31,20 +25,17 @@ def test_loss_golden(golden, case):
   npz, meta = golden("losses_edge")
   spec = meta["cases"][case]
   task = edge.Task(pos_weight=spec["loss"]["pos_weight"])
-  pred = _nhwc(npz[spec["inputs"]["pred"]["key"]])
-  label = _nhwc(npz[spec["inputs"]["label"]["key"]])
+  pred, label, want = tt.loss_case(npz, spec)
   got = jax.jit(task.loss)(pred, label)
   # float32 reduction vs PyTorch float32: rtol 1e-5.
-  np.testing.assert_allclose(got, npz[spec["outputs"]["loss"]["key"]],
-                             rtol=1e-5)
+  np.testing.assert_allclose(got, want, rtol=1e-5)
 
 
 def test_loss_all_ignored_is_zero_not_nan(golden):
   npz, meta = golden("losses_edge")
-  spec = meta["cases"]["all_ignored"]
-  assert np.isnan(npz[spec["outputs"]["loss"]["key"]])  # the reference
-  got = edge.Task().loss(_nhwc(npz[spec["inputs"]["pred"]["key"]]),
-                         _nhwc(npz[spec["inputs"]["label"]["key"]]))
+  pred, label, want = tt.loss_case(npz, meta["cases"]["all_ignored"])
+  assert np.isnan(want)  # the reference
+  got = edge.Task().loss(pred, label)
   assert float(got) == 0.0  # ours, documented in edge.py
 
 

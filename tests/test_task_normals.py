@@ -9,21 +9,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mtdense_jax import registry
 from mtdense_jax.tasks import base
 from mtdense_jax.tasks import normals
+from tests import task_testing as tt
 
 # Sidecar notes of metrics_normals.json.
 RTOL, ATOL = 1e-5, 1e-7
 
 
-def _nhwc(x):
-  return jnp.asarray(np.transpose(x, (0, 2, 3, 1)))
-
-
 def test_registry_and_interface():
-  task = registry.lookup("task", "normals").Task()
-  assert isinstance(task, base.Task) and task.name == "normals"
+  task = tt.plugin_task("normals")
   assert task.num_outputs == 3 and task.label_channels == 3
   assert task.primary_metric == "mean"
   assert task.metric_directions["mean"] is False
@@ -33,13 +28,10 @@ def test_registry_and_interface():
 @pytest.mark.parametrize("case", ["normals", "partial_ignore"])
 def test_loss_golden(golden, case):
   npz, meta = golden("losses_normals")
-  spec = meta["cases"][case]
-  pred = _nhwc(npz[spec["inputs"]["pred"]["key"]])
-  label = _nhwc(npz[spec["inputs"]["label"]["key"]])
+  pred, label, want = tt.loss_case(npz, meta["cases"][case])
   got = jax.jit(normals.Task().loss)(pred, label)
   # float32 reduction vs PyTorch float32: rtol 1e-5.
-  np.testing.assert_allclose(got, npz[spec["outputs"]["loss"]["key"]],
-                             rtol=1e-5)
+  np.testing.assert_allclose(got, want, rtol=1e-5)
 
 
 def test_postprocess_is_unit_and_colorize():
@@ -55,7 +47,7 @@ def test_postprocess_is_unit_and_colorize():
 
 def test_mtl_quantisation_matches_saved_png(golden):
   npz, _ = golden("metrics_normals")
-  unit = normals.l2_normalize(_nhwc(npz["normals/pred_raw"]))
+  unit = normals.l2_normalize(tt.jnhwc(npz["normals/pred_raw"]))
   got = np.asarray(normals.quantize_u8(unit)).astype(np.int32)
   diff = np.abs(got - npz["normals/pred_u8"].astype(np.int32))
   # Truncation flips by one where (n+1)*255/2 lands within an ulp of an
@@ -63,15 +55,6 @@ def test_mtl_quantisation_matches_saved_png(golden):
   # by one ulp: 1 channel of 23040 here. Allow <= 0.05 %, never more than 1.
   assert diff.max() <= 1
   assert np.count_nonzero(diff) <= 5e-4 * diff.size
-
-
-def _run_metric(task, pred, gt, batch):
-  update = jax.jit(task.metric_update)
-  stats = task.metric_init()
-  for i in range(0, pred.shape[0], batch):
-    stats = update(stats, pred[i:i + batch], gt[i:i + batch],
-                   jnp.ones((min(batch, pred.shape[0] - i),), bool))
-  return task.metric_compute(jax.device_get(stats))
 
 
 # (golden id, protocol, keys compared). Every id is fed the raw head output
@@ -93,10 +76,10 @@ CASES = [
 def test_metrics_golden(golden, ref_id, protocol, keys):
   npz, meta = golden("metrics_normals")
   ref = {r["id"]: r for r in meta["references"]}[ref_id]
-  pred = _nhwc(npz["normals/pred_raw"])
-  gt = _nhwc(npz["normals/gt_ignore_nchw"])
-  got = _run_metric(normals.Task(protocol=protocol), pred, gt,
-                    ref["batch_size"])
+  pred = tt.jnhwc(npz["normals/pred_raw"])
+  gt = tt.jnhwc(npz["normals/gt_ignore_nchw"])
+  got = tt.run_metric(normals.Task(protocol=protocol), pred, gt,
+                      ref["batch_size"])
   for key in keys:
     np.testing.assert_allclose(got[key], ref["outputs"][key], rtol=RTOL,
                                atol=ATOL, err_msg=f"{ref_id}/{key}")
@@ -107,8 +90,8 @@ def test_histogram_median_matches_numpy_over_batches(golden, protocol):
   """Median from merged histograms == np.median of the pooled angles."""
   npz, _ = golden("metrics_normals")
   task = normals.Task(protocol=protocol)
-  pred = _nhwc(npz["normals/pred_raw"])
-  gt = _nhwc(npz["normals/gt_ignore_nchw"])
+  pred = tt.jnhwc(npz["normals/pred_raw"])
+  gt = tt.jnhwc(npz["normals/gt_ignore_nchw"])
   ok = np.asarray(base.valid_pixels(gt))
   # pylint: disable-next=protected-access
   angles_fn = {"mtl": normals._mtl_angles, "invpt": normals._invpt_angles}
@@ -174,8 +157,8 @@ def test_median_shared_bin_error_below_one_bin():
 def test_padded_examples_are_ignored(golden, protocol):
   npz, _ = golden("metrics_normals")
   task = normals.Task(protocol=protocol)
-  pred = _nhwc(npz["normals/pred_raw"])[:2]
-  gt = _nhwc(npz["normals/gt_ignore_nchw"])[:2]
+  pred = tt.jnhwc(npz["normals/pred_raw"])[:2]
+  gt = tt.jnhwc(npz["normals/gt_ignore_nchw"])[:2]
   update = jax.jit(task.metric_update)
   ref = task.metric_compute(
       update(task.metric_init(), pred[:1], gt[:1], jnp.array([True])))

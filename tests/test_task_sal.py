@@ -13,49 +13,36 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mtdense_jax import registry
 from mtdense_jax.tasks import base
 from mtdense_jax.tasks import sal
+from tests import task_testing as tt
+from tests.task_testing import LOSS_TOL, METRIC_TOL
 
-# Metric tolerance from the metrics_* sidecar notes; the loss sidecar gives
-# none (float32 sums agree with torch to ~1e-7 relative).
-METRIC_TOL = dict(rtol=1e-5, atol=1e-7)
-LOSS_TOL = dict(rtol=1e-5, atol=1e-6)
 CURVES = ("mIoUs", "mPrec", "mRec", "F")
 
 
-def _nhwc(x: np.ndarray) -> np.ndarray:
-  return np.transpose(x, (0, 2, 3, 1))
-
-
 def _two_channel(logit_nchw: np.ndarray) -> np.ndarray:
-  logit = _nhwc(logit_nchw)
+  logit = tt.nhwc(logit_nchw)
   return np.concatenate([np.zeros_like(logit), logit], axis=-1)
 
 
+def _junk_pred(rng: np.random.Generator, p: np.ndarray) -> np.ndarray:
+  """Garbage in the prediction's own dtype and range."""
+  if np.issubdtype(p.dtype, np.integer):
+    return rng.integers(0, 256, p.shape).astype(p.dtype)
+  return rng.uniform(-10, 255, p.shape).astype(p.dtype)
+
+
 def run_batches(update, stats, pred, gt, batch=2, seed=0):
-  """Jitted updates over batches of `batch` real examples + 1 invalid one
-  (garbage prediction, salient label) that must not count."""
-  rng = np.random.default_rng(seed)
-  update = jax.jit(update)
-  for i in range(0, len(gt), batch):
-    p, lb = pred[i:i + batch], gt[i:i + batch, ..., None]
-    if np.issubdtype(p.dtype, np.integer):
-      junk = rng.integers(0, 256, (1,) + p.shape[1:]).astype(p.dtype)
-    else:
-      junk = rng.uniform(-10, 255, (1,) + p.shape[1:]).astype(p.dtype)
-    p = np.concatenate([p, junk])
-    lb = np.concatenate([lb, np.ones_like(lb[:1])]).astype(np.uint8)
-    valid = np.arange(len(lb)) < batch
-    stats = update(stats, jnp.asarray(p), jnp.asarray(lb), jnp.asarray(valid))
-  return stats
+  """Batches plus one invalid example (garbage prediction, salient label)
+  that must not count."""
+  return tt.run_padded_batches(
+      update, stats, pred, gt, junk_pred=_junk_pred,
+      junk_label=lambda rng, lb: np.ones_like(lb), batch=batch, seed=seed)
 
 
 def test_plugin_interface_and_directions():
-  mod = registry.lookup("task", "sal")
-  invpt, mtl = mod.Task(), mod.Task(protocol="mtl")
-  assert isinstance(invpt, base.Task)
-  assert invpt.name == mod.__name__.rsplit(".", 1)[-1] == "sal"
+  invpt, mtl = tt.plugin_task("sal"), tt.plugin_task("sal", protocol="mtl")
   assert invpt.num_outputs == mtl.num_outputs == 2
   assert list(invpt.metric_directions) == ["maxF"]
   assert invpt.primary_metric == "maxF"
@@ -69,13 +56,7 @@ def test_plugin_interface_and_directions():
 
 def test_loss_jit_finite_postprocess_colorize():
   task = sal.Task()
-  rng = np.random.default_rng(2)
-  pred = jnp.asarray(rng.normal(size=(2, 4, 6, 2)), jnp.float32)
-  label = jnp.asarray(rng.integers(0, 2, (2, 4, 6, 1)), jnp.uint8)
-  loss = jax.jit(task.loss)(pred, label)
-  assert np.isfinite(float(loss)) and float(loss) > 0
-  out = np.asarray(jax.jit(task.postprocess)(pred))
-  assert out.shape == (2, 4, 6, 1)
+  pred, out = tt.check_loss_and_postprocess(task, seed=2)
   # 255 * softmax[..., 1] of 2 logits == 255 * sigmoid(l1 - l0).
   want = 255 / (1 + np.exp(-(np.asarray(pred)[..., 1] - pred[..., 0])))
   np.testing.assert_allclose(out[..., 0], want, rtol=1e-5, atol=1e-4)
@@ -89,8 +70,8 @@ def test_loss_jit_finite_postprocess_colorize():
 def test_loss_golden(golden):
   npz, meta = golden("losses_sal")
   assert meta["cases"]["sal2"]["loss"]["balanced"] is True
-  pred = _nhwc(npz["sal2/pred"])
-  label = _nhwc(npz["sal2/label"]).astype(np.uint8)
+  pred = tt.nhwc(npz["sal2/pred"])
+  label = tt.nhwc(npz["sal2/label"]).astype(np.uint8)
   task = sal.Task()
   np.testing.assert_allclose(sal.positive_weight(label), npz["sal2/w_pos"],
                              **LOSS_TOL)
@@ -156,26 +137,26 @@ def test_mtl_metric_golden_from_logits(golden):
   _check_mtl(npz, "mtl/eval_sal", stats, task.metric_compute(stats))
 
 
-def test_mtl_eval_sal_from_stored_u8(golden):
-  """mtl/eval_sal read the stored uint8 PNGs (incl. the float32 /255 quirk)."""
-  npz, meta = golden("metrics_sal")
-  assert "pred_u8" in {r["id"]: r for r in meta["references"]}[
-      "mtl/eval_sal"]["protocol"]
-  task = sal.Task(protocol="mtl")
-  stats = run_batches(_accumulate(sal.mtl_stats_u8), task.metric_init(),
-                      npz["sal/pred_u8"][..., None], npz["sal/gt"])
-  _check_mtl(npz, "mtl/eval_sal", stats, task.metric_compute(stats))
+# (golden id, stored prediction it read, the statistics it computed):
+# mtl/eval_sal read the stored uint8 PNGs (incl. the float32 /255 quirk);
+# mtl/SaliencyMeter (online) consumed the unquantised 255*sigmoid map.
+STORED_CASES = [
+    ("mtl/eval_sal", "pred_u8", sal.mtl_stats_u8),
+    ("mtl/SaliencyMeter", "pred_255", sal.mtl_stats_float),
+]
 
 
-def test_mtl_saliency_meter_from_float(golden):
-  """mtl/SaliencyMeter (online) consumed the unquantised 255*sigmoid map."""
+@pytest.mark.parametrize("ref_id,pred_key,stats_fn", STORED_CASES,
+                         ids=[c[0] for c in STORED_CASES])
+def test_mtl_metric_from_stored_pred(golden, ref_id, pred_key, stats_fn):
+  """Each MTL-PyTorch id from the prediction it stored."""
   npz, meta = golden("metrics_sal")
-  assert "pred_255" in {r["id"]: r for r in meta["references"]}[
-      "mtl/SaliencyMeter"]["protocol"]
+  assert pred_key in {r["id"]: r for r in meta["references"]}[
+      ref_id]["protocol"]
   task = sal.Task(protocol="mtl")
-  stats = run_batches(_accumulate(sal.mtl_stats_float), task.metric_init(),
-                      npz["sal/pred_255"][..., None], npz["sal/gt"])
-  _check_mtl(npz, "mtl/SaliencyMeter", stats, task.metric_compute(stats))
+  stats = run_batches(_accumulate(stats_fn), task.metric_init(),
+                      npz[f"sal/{pred_key}"][..., None], npz["sal/gt"])
+  _check_mtl(npz, ref_id, stats, task.metric_compute(stats))
 
 
 def test_mtl_png_threshold_quirk():

@@ -11,48 +11,20 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mtdense_jax import registry
 from mtdense_jax.tasks import base
 from mtdense_jax.tasks import common
 from mtdense_jax.tasks import semseg
+from tests import task_testing as tt
+from tests.task_testing import LOSS_TOL, METRIC_TOL
 
-# Metric tolerance from the metrics_* sidecar notes. The loss sidecars give
-# none; float32 sums over ~1.5k pixels agree with torch to ~1e-7 relative.
-METRIC_TOL = dict(rtol=1e-5, atol=1e-7)
-LOSS_TOL = dict(rtol=1e-5, atol=1e-6)
 NUM_CLASSES = {"semseg_nyud": 40, "semseg_pascal": 21}
-
-
-def _nhwc(x: np.ndarray) -> np.ndarray:
-  return np.transpose(x, (0, 2, 3, 1))
-
-
-def run_metric(task, logits, gt, batch=2, seed=0):
-  """Feeds (N, H, W, C) logits / (N, H, W) gt through the jitted update in
-  batches of `batch` real examples plus one garbage example marked invalid.
-  """
-  rng = np.random.default_rng(seed)
-  update = jax.jit(task.metric_update)
-  stats = task.metric_init()
-  for i in range(0, len(gt), batch):
-    lg, lb = logits[i:i + batch], gt[i:i + batch, ..., None]
-    junk_lg = rng.normal(size=(1,) + lg.shape[1:]).astype(np.float32)
-    junk_lb = rng.integers(0, task.num_outputs, (1,) + lb.shape[1:])
-    lg = np.concatenate([lg, junk_lg])
-    lb = np.concatenate([lb, junk_lb]).astype(np.uint8)
-    valid = np.arange(len(lb)) < batch
-    stats = update(stats, jnp.asarray(lg), jnp.asarray(lb), jnp.asarray(valid))
-  return stats
 
 
 # ---------------------------------------------------------------- interface
 
 
 def test_plugin_interface():
-  mod = registry.lookup("task", "semseg")
-  task = mod.Task(num_classes=21)
-  assert isinstance(task, base.Task)
-  assert task.name == mod.__name__.rsplit(".", 1)[-1] == "semseg"
+  task = tt.plugin_task("semseg", num_classes=21)
   assert task.num_outputs == 21
   assert task.primary_metric == "mIoU"
   assert task.metric_directions == {"mIoU": True}
@@ -102,8 +74,8 @@ def test_colorize_voc_palette():
 def test_loss_golden(golden, case):
   npz, meta = golden("losses_semseg")
   assert meta["cases"][case]["loss"]["ignore_index"] == 255
-  pred = _nhwc(npz[f"{case}/pred"])
-  label = _nhwc(npz[f"{case}/label"]).astype(np.uint8)
+  pred = tt.nhwc(npz[f"{case}/pred"])
+  label = tt.nhwc(npz[f"{case}/label"]).astype(np.uint8)
   task = semseg.Task(num_classes=pred.shape[-1])
   loss = jax.jit(task.loss)(pred, label)
   np.testing.assert_allclose(loss, npz[f"{case}/loss"], **LOSS_TOL)
@@ -111,8 +83,8 @@ def test_loss_golden(golden, case):
 
 def test_loss_none_and_sum_golden(golden):
   npz, _ = golden("losses_semseg")
-  pred = _nhwc(npz["nyud40/pred"])
-  label = _nhwc(npz["nyud40/label"]).astype(np.uint8)
+  pred = tt.nhwc(npz["nyud40/pred"])
+  label = tt.nhwc(npz["nyud40/label"]).astype(np.uint8)
   per_pixel = common.pixel_cross_entropy(jnp.asarray(pred), jnp.asarray(label))
   np.testing.assert_allclose(per_pixel, npz["nyud40/loss_none"], **LOSS_TOL)
   np.testing.assert_allclose(
@@ -129,7 +101,8 @@ def test_metric_golden_from_logits(golden, protocol, data):
   npz, meta = golden("metrics_semseg")
   refs = {r["id"]: r for r in meta["references"]}
   task = semseg.Task(num_classes=NUM_CLASSES[data], protocol=protocol)
-  stats = run_metric(task, _nhwc(npz[f"{data}/logits"]), npz[f"{data}/gt"])
+  stats = tt.run_classification(task, tt.nhwc(npz[f"{data}/logits"]),
+                                npz[f"{data}/gt"])
   got = task.metric_compute(stats)
   assert list(got) == list(task.metric_directions)
   meter = "invpt/SemsegMeter" if protocol == "invpt" else "mtl/SemsegMeter"

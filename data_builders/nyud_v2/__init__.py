@@ -15,7 +15,6 @@ import dataclasses
 import logging
 import os
 
-from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
 
@@ -24,11 +23,6 @@ from data_builders.nyud_v2 import targets
 
 log = logging.getLogger(__name__)
 
-ARCHIVES = ("NYUDv2.tar.gz", "NYUD_MT.tgz", "NYUDv2.tar", "NYUD_MT.tar")
-FOLDERS = ("NYUDv2", "NYUD_MT")
-MARKER = "gt_sets/train.txt"
-SPLIT_FILES = {"train": "gt_sets/train.txt", "validation": "gt_sets/val.txt"}
-EDGE_MAX_DIST = 0.011
 # The 40-class NYUD-v2 label set (Gupta et al. 2013), in label order 1..40.
 CLASS_NAMES = (
     "wall", "floor", "cabinet", "bed", "chair", "sofa", "table", "door",
@@ -45,25 +39,7 @@ class NyudConfig(tfds.core.BuilderConfig):
   tasks: tuple[str, ...] = ("semseg", "depth", "normals", "edge")
 
 
-def _features(tasks: tuple[str, ...]) -> tfds.features.FeaturesDict:
-  label = lambda: tfds.features.Image(shape=(None, None, 1),
-                                      encoding_format="png")
-  spec = {
-      "image": tfds.features.Image(shape=(None, None, 3)),
-      "id": tfds.features.Text(),
-      "orig_size": tfds.features.Tensor(shape=(2,), dtype=np.int32),
-  }
-  for t in tasks:
-    if t in ("semseg", "edge"):
-      spec[t] = label()
-    else:
-      spec[t] = tfds.features.Tensor(shape=(None, None, 1 if t == "depth"
-                                            else 3), dtype=np.float32,
-                                     encoding="zlib")
-  return tfds.features.FeaturesDict(spec)
-
-
-class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+class Builder(common.ArchiveBuilder, skip_registration=True):
   """NYUD-v2 multi-task builder (semseg 40, depth, normals, edge)."""
 
   name = "nyud_v2"
@@ -75,52 +51,17 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                  tasks=("semseg", "depth", "normals")),
   ]
   DEFAULT_BUILDER_CONFIG_NAME = "all"
+  ARCHIVES = ("NYUDv2.tar.gz", "NYUD_MT.tgz", "NYUDv2.tar", "NYUD_MT.tar")
+  FOLDERS = ("NYUDv2", "NYUD_MT")
+  MARKER = "gt_sets/train.txt"
+  SPLIT_FILES = {"train": "gt_sets/train.txt",
+                 "validation": "gt_sets/val.txt"}
+  TASK_CLASS_NAMES = {"semseg": CLASS_NAMES}
+  EDGE_MAX_DIST = 0.011
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
       "Place NYUDv2.tar.gz (InvPT/ATRC release) or NYUD_MT.tgz, or the "
       "extracted NYUDv2/ folder, in the manual directory, or pass "
       "manual_dir=<file or folder> to make_builder.")
-
-  def __init__(self, *, manual_dir: str | None = None,
-               tmp_dir: str | None = None, **kwargs) -> None:
-    self._manual_path = manual_dir
-    self._tmp_dir = tmp_dir
-    self._source: common.Source | None = None
-    super().__init__(**kwargs)
-    # Kept for TFDS's pickling, which re-runs __init__ from this dict.
-    self._original_state.update(dict(file_format=kwargs.get("file_format"),
-                                     manual_dir=manual_dir, tmp_dir=tmp_dir))
-
-  @tfds.core.utils.classproperty
-  @classmethod
-  def code_path(cls) -> epath.Path:
-    # TFDS's default lookup imports the optional `importlib_resources`.
-    return epath.Path(__file__)
-
-  @property
-  def tasks(self) -> tuple[str, ...]:
-    return tuple(self.builder_config.tasks)
-
-  def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description=__doc__,
-        features=_features(self.tasks),
-        metadata=tfds.core.MetadataDict(
-            tasks=list(self.tasks),
-            num_classes={"semseg": len(CLASS_NAMES)},
-            class_names={"semseg": list(CLASS_NAMES)},
-            edge_max_dist=EDGE_MAX_DIST),
-    )
-
-  def _download_and_prepare(self, dl_manager, download_config) -> None:
-    self._source = common.source_for_builder(
-        self._manual_path, download_config, self.data_dir_root,
-        self._tmp_dir, archives=ARCHIVES, folders=FOLDERS, marker=MARKER)
-    try:
-      super()._download_and_prepare(dl_manager, download_config)
-    finally:
-      self._source.close()
-      self._source = None
 
   def _image_rel(self, image_id: str) -> str | None:
     return common.first_present(self._source, f"images/{image_id}",
@@ -138,8 +79,7 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def _split_generators(self, dl_manager):
     src = self._source
-    ids = {s: common.read_split(src, f) for s, f in SPLIT_FILES.items()}
-    common.check_members(src, ids, self._wanted)
+    ids = self._split_ids()
     first = ids["train"][0] if ids["train"] else ids["validation"][0]
     rel = self._image_rel(first)
     hw = common.decode_or_raise(rel, first, targets.image_size_of,
@@ -169,22 +109,12 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       data = common.read_member(src, rel, image_id)
       y = common.decode_or_raise(rel, image_id, targets.decode_member, t,
                                  rel, data)
-      y = targets.resize_target(t, y, hw)
-      ex[t] = common.encode_png(y) if t in ("semseg", "edge") else y
+      ex[t] = common.encode_feature(t, targets.resize_target(t, y, hw))
     return ex
-
-  def _generate_examples(self, ids: list[str]):
-    for image_id in ids:
-      yield image_id, self._example(image_id)
 
 
 def make_builder(config: str = "all", *, data_dir: str | None = None,
                  manual_dir: str | None = None, **overrides) -> Builder:
-  """An unprepared builder; overrides: tmp_dir, file_format, version.
-
-  `manual_dir` may name the archive itself, the extracted folder, or a
-  folder holding either. Prepare with `builder.download_and_prepare()`.
-  """
-  overrides.setdefault("file_format", "array_record")
-  return Builder(config=config, data_dir=data_dir, manual_dir=manual_dir,
-                 **overrides)
+  """An unprepared NYUD-v2 builder; overrides: tmp_dir, file_format, version."""
+  return common.make_archive_builder(Builder, config, data_dir=data_dir,
+                                     manual_dir=manual_dir, **overrides)

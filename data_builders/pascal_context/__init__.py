@@ -21,7 +21,6 @@ import logging
 import os
 import pathlib
 
-from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
 
@@ -30,18 +29,10 @@ from data_builders.pascal_context import targets
 
 log = logging.getLogger(__name__)
 
-ARCHIVES = ("PASCALContext.tar.gz", "PASCAL_MT.tgz", "PASCALContext.tar",
-            "PASCAL_MT.tar")
-FOLDERS = ("PASCALContext", "PASCAL_MT")
-MARKER = "ImageSets/Context/train.txt"
-SPLIT_FILES = {"train": "ImageSets/Context/train.txt",
-               "validation": "ImageSets/Context/val.txt"}
-EDGE_MAX_DIST = 0.0075
 DB_INFO_FILES = ("nyu_classes.json", "context_classes.json")
 DEFAULT_DB_INFO = (pathlib.Path(__file__).resolve().parents[2].parent
                    / "shared" / "data" / "pascal_context_db_info")
 _ARCHIVE_DB_INFO = ("db_info", "pascal_context_db_info", "")
-_LABEL_TASKS = ("semseg", "human_parts", "sal", "edge")
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -49,23 +40,7 @@ class PascalConfig(tfds.core.BuilderConfig):
   tasks: tuple[str, ...] = ("semseg", "human_parts", "normals", "sal", "edge")
 
 
-def _features(tasks: tuple[str, ...]) -> tfds.features.FeaturesDict:
-  spec = {
-      "image": tfds.features.Image(shape=(None, None, 3)),
-      "id": tfds.features.Text(),
-      "orig_size": tfds.features.Tensor(shape=(2,), dtype=np.int32),
-  }
-  for t in tasks:
-    if t in _LABEL_TASKS:
-      spec[t] = tfds.features.Image(shape=(None, None, 1),
-                                    encoding_format="png")
-    else:
-      spec[t] = tfds.features.Tensor(shape=(None, None, 3), dtype=np.float32,
-                                     encoding="zlib")
-  return tfds.features.FeaturesDict(spec)
-
-
-class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+class Builder(common.ArchiveBuilder, skip_registration=True):
   """PASCAL-Context: semseg 21, human parts 7, normals, saliency, edges."""
 
   name = "pascal_context"
@@ -78,58 +53,25 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                    tasks=("semseg", "human_parts", "sal")),
   ]
   DEFAULT_BUILDER_CONFIG_NAME = "all"
+  ARCHIVES = ("PASCALContext.tar.gz", "PASCAL_MT.tgz", "PASCALContext.tar",
+              "PASCAL_MT.tar")
+  FOLDERS = ("PASCALContext", "PASCAL_MT")
+  MARKER = "ImageSets/Context/train.txt"
+  SPLIT_FILES = {"train": "ImageSets/Context/train.txt",
+                 "validation": "ImageSets/Context/val.txt"}
+  TASK_CLASS_NAMES = {"semseg": targets.VOC_NAMES,
+                      "human_parts": targets.HUMAN_PART_NAMES}
+  EDGE_MAX_DIST = 0.0075
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
       "Place PASCALContext.tar.gz (InvPT/ATRC release) or PASCAL_MT.tgz, or "
       "the extracted PASCALContext/ folder, in the manual directory, or pass "
       "manual_dir=<file or folder> to make_builder.")
 
-  def __init__(self, *, manual_dir: str | None = None,
-               db_info_dir: str | None = None, tmp_dir: str | None = None,
-               **kwargs) -> None:
-    self._manual_path = manual_dir
+  def __init__(self, *, db_info_dir: str | None = None, **kwargs) -> None:
     self._db_info_dir = db_info_dir
-    self._tmp_dir = tmp_dir
-    self._source: common.Source | None = None
     self._valid_normals: np.ndarray | None = None
     super().__init__(**kwargs)
-    # Kept for TFDS's pickling, which re-runs __init__ from this dict.
-    self._original_state.update(dict(file_format=kwargs.get("file_format"),
-                                     manual_dir=manual_dir, tmp_dir=tmp_dir,
-                                     db_info_dir=db_info_dir))
-
-  @tfds.core.utils.classproperty
-  @classmethod
-  def code_path(cls) -> epath.Path:
-    # TFDS's default lookup imports the optional `importlib_resources`.
-    return epath.Path(__file__)
-
-  @property
-  def tasks(self) -> tuple[str, ...]:
-    return tuple(self.builder_config.tasks)
-
-  def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description=__doc__,
-        features=_features(self.tasks),
-        metadata=tfds.core.MetadataDict(
-            tasks=list(self.tasks),
-            num_classes={"semseg": len(targets.VOC_NAMES),
-                         "human_parts": len(targets.HUMAN_PART_NAMES)},
-            class_names={"semseg": list(targets.VOC_NAMES),
-                         "human_parts": list(targets.HUMAN_PART_NAMES)},
-            edge_max_dist=EDGE_MAX_DIST),
-    )
-
-  def _download_and_prepare(self, dl_manager, download_config) -> None:
-    self._source = common.source_for_builder(
-        self._manual_path, download_config, self.data_dir_root,
-        self._tmp_dir, archives=ARCHIVES, folders=FOLDERS, marker=MARKER)
-    try:
-      super()._download_and_prepare(dl_manager, download_config)
-    finally:
-      self._source.close()
-      self._source = None
+    self._original_state["db_info_dir"] = db_info_dir  # for pickling
 
   def _db_info(self) -> dict[str, dict]:
     """The two class lists: configured folder first, then the archive."""
@@ -193,8 +135,7 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def _split_generators(self, dl_manager):
     src = self._source
-    ids = {s: common.read_split(src, f) for s, f in SPLIT_FILES.items()}
-    common.check_members(src, ids, self._wanted)
+    ids = self._split_ids()
     if "normals" in self.tasks:
       info = self._db_info()
       self._valid_normals = targets.normals_valid_classes(*info.values())
@@ -231,22 +172,13 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       else:
         y = common.decode_or_raise(rels["labelmap"], image_id, targets.edge,
                                    labels)
-      y = targets.resize_target(t, y, hw)
-      ex[t] = common.encode_png(y) if t in _LABEL_TASKS else y
+      ex[t] = common.encode_feature(t, targets.resize_target(t, y, hw))
     return ex
-
-  def _generate_examples(self, ids: list[str]):
-    for image_id in ids:
-      yield image_id, self._example(image_id)
 
 
 def make_builder(config: str = "all", *, data_dir: str | None = None,
                  manual_dir: str | None = None, **overrides) -> Builder:
-  """An unprepared builder; overrides: db_info_dir, tmp_dir, file_format.
-
-  `manual_dir` may name the archive itself, the extracted folder, or a
-  folder holding either. Prepare with `builder.download_and_prepare()`.
-  """
-  overrides.setdefault("file_format", "array_record")
-  return Builder(config=config, data_dir=data_dir, manual_dir=manual_dir,
-                 **overrides)
+  """An unprepared PASCAL-Context builder; overrides: db_info_dir, tmp_dir,
+  file_format."""
+  return common.make_archive_builder(Builder, config, data_dir=data_dir,
+                                     manual_dir=manual_dir, **overrides)

@@ -1,7 +1,9 @@
-"""Loss, confusion-count and palette helpers shared by the label-map tasks.
+"""Helpers shared by several tasks: losses, confusion counts, running sums.
 
 semseg, human_parts and sal all train with InvPT's ignore-aware
-cross-entropy and (semseg, human_parts) score with a pooled confusion count.
+cross-entropy and (semseg, human_parts) score with a pooled confusion count,
+so those two are one `ClassificationTask`. depth, edge and normals keep
+dataset-long float sums as TwoSum pairs (`acc_add`, `acc_value`).
 
 References:
   prismformore/Multi-Task-Transformer (commit 870c6be1)
@@ -13,7 +15,9 @@ References:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+from typing import Any, ClassVar, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -132,3 +136,68 @@ def colorize_labels(x: np.ndarray) -> np.ndarray:
   if x.ndim == 3:
     x = x[..., 0]
   return voc_palette()[np.clip(x.astype(np.int64), 0, 255)]
+
+
+def acc_zeros() -> jax.Array:
+  """An empty ``[hi, lo]`` running sum for `acc_add`."""
+  return jnp.zeros((2,), jnp.float32)
+
+
+def acc_add(total: jax.Array, x: jax.Array) -> jax.Array:
+  """Adds ``x`` to a float32 ``[hi, lo]`` pair with Knuth's TwoSum.
+
+  Keeps a dataset-long running sum accurate to ~float64 on devices without
+  float64; ``merge_stats`` (plain addition of both words) stays valid.
+  """
+  hi, lo = total[0], total[1]
+  s = hi + x
+  b = s - hi
+  err = (hi - (s - b)) + (x - b)
+  return jnp.stack([s, lo + err])
+
+
+def acc_value(total: Any) -> float:
+  """The float64 value of an `acc_add` pair."""
+  t = np.asarray(total, np.float64)
+  return float(t[0] + t[1])
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ClassificationTask(base.Task):
+  """Per-pixel classes (255 = ignore): CE loss, argmax, pooled-IoU mIoU.
+
+  semseg and human_parts differ only in name and in what feeds their labels;
+  each task file subclasses this as its ``Task`` and sets ``name``.
+  """
+
+  metric_directions: ClassVar[Mapping[str, bool]] = {"mIoU": True}
+
+  def __post_init__(self):
+    super().__post_init__()
+    require_num_classes(self)
+
+  @property
+  def num_outputs(self) -> int:
+    return self.num_classes
+
+  def loss(self, pred: jax.Array, label: jax.Array) -> jax.Array:
+    return masked_cross_entropy(pred, label)
+
+  def postprocess(self, pred: jax.Array) -> jax.Array:
+    """(B, H, W, K) logits -> (B, H, W, 1) int32 class ids."""
+    return jnp.argmax(pred, axis=-1, keepdims=True).astype(jnp.int32)
+
+  def metric_init(self) -> dict[str, jax.Array]:
+    k = self.num_classes
+    return {"confusion": jnp.zeros((k, k), jnp.int32)}
+
+  def metric_update(self, stats, pred, label, valid):
+    confusion = confusion_update(
+        stats["confusion"], self.postprocess(pred), label, valid)
+    return {"confusion": confusion}
+
+  def metric_compute(self, stats) -> dict[str, float]:
+    return {"mIoU": float(np.mean(class_iou(stats["confusion"])))}
+
+  def colorize(self, x: np.ndarray) -> np.ndarray:
+    return colorize_labels(x)

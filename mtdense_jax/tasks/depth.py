@@ -20,7 +20,7 @@ names the InvPT meter whose extra keys are reported by both.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar, Mapping
+from typing import ClassVar, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -28,27 +28,10 @@ import matplotlib
 import numpy as np
 
 from mtdense_jax.tasks import base
+from mtdense_jax.tasks import common
 
 _EPS = 1e-9  # what the references clamp non-positive predictions to
 _VIS_MAX_DEPTH = 10.0  # NYUD range: fixed so prediction and label compare
-
-
-def _acc_add(total: jax.Array, x: jax.Array) -> jax.Array:
-  """Adds ``x`` to a float32 ``[hi, lo]`` pair with Knuth's TwoSum.
-
-  Keeps a dataset-long running sum accurate to ~float64 on devices without
-  float64; ``merge_stats`` (plain addition of both words) stays valid.
-  """
-  hi, lo = total[0], total[1]
-  s = hi + x
-  b = s - hi
-  err = (hi - (s - b)) + (x - b)
-  return jnp.stack([s, lo + err])
-
-
-def _acc_value(total: Any) -> float:
-  t = np.asarray(total, np.float64)
-  return float(t[0] + t[1])
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -85,7 +68,7 @@ class Task(base.Task):
     return jnp.maximum(pred.astype(jnp.float32), 0.0)
 
   def metric_init(self) -> dict[str, jax.Array]:
-    z2 = jnp.zeros((2,), jnp.float32)
+    z2 = common.acc_zeros()
     return {"n": jnp.zeros((), jnp.int32), "sq": z2, "log_sq": z2,
             "abs_rel": z2, "sq_rel": z2}
 
@@ -106,14 +89,14 @@ class Task(base.Task):
     }
     out = {"n": stats["n"] + jnp.sum(ok, dtype=jnp.int32)}
     for k, v in terms.items():
-      out[k] = _acc_add(stats[k], jnp.sum(jnp.where(ok, v, 0.0)))
+      out[k] = common.acc_add(stats[k], jnp.sum(jnp.where(ok, v, 0.0)))
     return out
 
   def metric_compute(self, stats) -> dict[str, float]:
     n = int(stats["n"])
     if n == 0:
       return {k: float("nan") for k in self.metric_directions}
-    mean = {k: _acc_value(stats[k]) / n
+    mean = {k: common.acc_value(stats[k]) / n
             for k in ("sq", "log_sq", "abs_rel", "sq_rel")}
     return {"rmse": float(np.sqrt(mean["sq"])),
             "log_rmse": float(np.sqrt(mean["log_sq"])),

@@ -18,28 +18,14 @@ Ports (facts only, no code copied), prismformore/Multi-Task-Transformer@870c6be:
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar, Mapping
+from typing import ClassVar, Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from mtdense_jax.tasks import base
-
-
-def _acc_add(total: jax.Array, x: jax.Array) -> jax.Array:
-  """Adds ``x`` to a float32 ``[hi, lo]`` pair with Knuth's TwoSum (keeps a
-  dataset-long running sum ~float64-accurate; merging adds both words)."""
-  hi, lo = total[0], total[1]
-  s = hi + x
-  b = s - hi
-  err = (hi - (s - b)) + (x - b)
-  return jnp.stack([s, lo + err])
-
-
-def _acc_value(total: Any) -> float:
-  t = np.asarray(total, np.float64)
-  return float(t[0] + t[1])
+from mtdense_jax.tasks import common
 
 
 def balanced_bce_sum(logits: jax.Array, label: jax.Array, ok: jax.Array,
@@ -90,7 +76,7 @@ class Task(base.Task):
     return jax.nn.sigmoid(pred.astype(jnp.float32))
 
   def metric_init(self) -> dict[str, jax.Array]:
-    return {"loss": jnp.zeros((2,), jnp.float32),
+    return {"loss": common.acc_zeros(),
             "n": jnp.zeros((), jnp.int32)}
 
   def metric_update(self, stats, pred, label, valid):
@@ -99,11 +85,11 @@ class Task(base.Task):
     # EdgeMeter feeds probabilities where the loss expects logits.
     total, n = balanced_bce_sum(self.postprocess(pred), label, ok,
                                 self.pos_weight)
-    return {"loss": _acc_add(stats["loss"], total), "n": stats["n"] + n}
+    return {"loss": common.acc_add(stats["loss"], total), "n": stats["n"] + n}
 
   def metric_compute(self, stats) -> dict[str, float]:
     n = int(stats["n"])
-    return {"loss": _acc_value(stats["loss"]) / n if n else float("nan")}
+    return {"loss": common.acc_value(stats["loss"]) / n if n else float("nan")}
 
   def colorize(self, x: np.ndarray) -> np.ndarray:
     """Probability or label (H, W, 1) -> grayscale RGB; ignore (255) black."""

@@ -31,33 +31,19 @@ around the bin mean, so the error is below one bin width (relative error
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar, Mapping
+from typing import ClassVar, Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from mtdense_jax.tasks import base
+from mtdense_jax.tasks import common
 
 BIN_DEG = 2.0**-11  # median histogram resolution, degrees
 NUM_BINS = int(180 / BIN_DEG)
 THRESHOLDS = (11.25, 22.5, 30.0)
 _THRESHOLD_KEYS = ("11.25", "22.5", "30")
-
-
-def _acc_add(total: jax.Array, x: jax.Array) -> jax.Array:
-  """Adds ``x`` to a float32 ``[hi, lo]`` pair with Knuth's TwoSum (keeps a
-  dataset-long running sum ~float64-accurate; merging adds both words)."""
-  hi, lo = total[0], total[1]
-  s = hi + x
-  b = s - hi
-  err = (hi - (s - b)) + (x - b)
-  return jnp.stack([s, lo + err])
-
-
-def _acc_value(total: Any) -> float:
-  t = np.asarray(total, np.float64)
-  return float(t[0] + t[1])
 
 
 def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
@@ -147,7 +133,7 @@ class Task(base.Task):
     return l2_normalize(pred.astype(jnp.float32))
 
   def metric_init(self) -> dict[str, jax.Array]:
-    z2 = jnp.zeros((2,), jnp.float32)
+    z2 = common.acc_zeros()
     return {"n": jnp.zeros((), jnp.int32), "sum": z2, "sum_sq": z2,
             "below": jnp.zeros((len(THRESHOLDS),), jnp.int32),
             "hist_count": jnp.zeros((NUM_BINS,), jnp.int32),
@@ -168,8 +154,8 @@ class Task(base.Task):
     below = jnp.stack([jnp.sum(ok & (angle < t), dtype=jnp.int32)
                        for t in THRESHOLDS])
     return {"n": stats["n"] + jnp.sum(ok, dtype=jnp.int32),
-            "sum": _acc_add(stats["sum"], jnp.sum(angle)),
-            "sum_sq": _acc_add(stats["sum_sq"], jnp.sum(angle * angle)),
+            "sum": common.acc_add(stats["sum"], jnp.sum(angle)),
+            "sum_sq": common.acc_add(stats["sum_sq"], jnp.sum(angle * angle)),
             "below": stats["below"] + below,
             "hist_count": stats["hist_count"] + count,
             "hist_offset": stats["hist_offset"] + offs}
@@ -183,9 +169,9 @@ class Task(base.Task):
     # numpy's median: the middle value, or the mean of the two middle ones.
     lo = _order_statistic(count, offs, (n - 1) // 2)
     hi = _order_statistic(count, offs, n // 2)
-    out = {"mean": _acc_value(stats["sum"]) / n,
+    out = {"mean": common.acc_value(stats["sum"]) / n,
            "median": 0.5 * (lo + hi),
-           "rmse": float(np.sqrt(_acc_value(stats["sum_sq"]) / n))}
+           "rmse": float(np.sqrt(common.acc_value(stats["sum_sq"]) / n))}
     below = np.asarray(stats["below"], np.float64)
     for key, cnt in zip(_THRESHOLD_KEYS, below):
       out[key] = 100.0 * float(cnt) / n
