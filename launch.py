@@ -26,6 +26,9 @@ FLAGS = flags.FLAGS
 def main(argv):
   del argv
   runtime.initialize()
+  if FLAGS["verbosity"].using_default_value:
+    # absl.app turns INFO on, and orbax/TFDS are very chatty at INFO.
+    logging.set_verbosity(logging.WARNING)
   config = _CONFIG.value
   config_check.validate(config)
   logging.info("process %d/%d, devices: %s", jax.process_index(),

@@ -59,3 +59,14 @@ def test_unknown_plugin_names(field, value, kind):
 def test_valid_config_passes():
   config_check.validate(config_check.load_config_file(CFG))
   config_check.validate(config_check.load_config_file(CFG + ":runlocal"))
+
+
+def test_missing_dataset_says_which_archive_goes_where(tmp_path):
+  from mtdense_jax.train import loop  # pylint: disable=g-import-not-at-top
+  cfg = config_check.load_config_file(CFG)
+  cfg.data.name, cfg.data.config = "nyud_v2", "all"
+  cfg.data.data_dir = str(tmp_path / "tfds")
+  cfg.data.manual_dir = str(tmp_path / "manual")
+  with pytest.raises(Exception, match="NYUDv2.tar.gz") as e:
+    loop.setup(cfg)
+  assert str(tmp_path / "manual") in str(e.value)

@@ -8,6 +8,7 @@ CONTRACT.md). Builders write ``array_record`` files, which
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Sequence
 
 from absl import logging
@@ -17,14 +18,23 @@ from mtdense_jax import registry
 
 
 def get_builder(data_cfg: Any):
-  """The (maybe unprepared) TFDS builder named by `data_cfg`."""
-  module = registry.lookup("dataset", data_cfg.name)
+  """The (maybe unprepared) TFDS builder named by `data_cfg`.
+
+  Cached per dataset identity: every evaluation asks for its source again,
+  and rebuilding the builder re-reads dataset_info (and logs) each time.
+  """
   kwargs = dict(data_cfg.get("builder_kwargs", None) or {})
-  return module.make_builder(
-      data_cfg.get("config", None),
-      data_dir=data_cfg.get("data_dir", None),
-      manual_dir=data_cfg.get("manual_dir", None),
-      **kwargs)
+  return _builder(data_cfg.name, data_cfg.get("config", None),
+                  data_cfg.get("data_dir", None),
+                  data_cfg.get("manual_dir", None),
+                  tuple(sorted(kwargs.items())))
+
+
+@functools.lru_cache(maxsize=16)
+def _builder(name, config, data_dir, manual_dir, kwargs):
+  module = registry.lookup("dataset", name)
+  return module.make_builder(config, data_dir=data_dir, manual_dir=manual_dir,
+                             **dict(kwargs))
 
 
 def prepare(builder) -> None:

@@ -17,6 +17,7 @@ from typing import Any, Mapping
 
 from absl import logging
 import jax
+from jax.experimental import multihost_utils
 import optax
 from jax.sharding import Mesh
 
@@ -69,7 +70,13 @@ def build_weighting(config):
 def setup(config, devices=None) -> Experiment:
   mesh = shd.make_mesh(config.get("mesh"), devices)
   builder = sources.get_builder(config.data)
-  sources.prepare(builder)
+  # Process 0 prepares first; the others then find a shared data_dir ready
+  # (or prepare their own local one) instead of racing to write it.
+  if jax.process_index() == 0:
+    sources.prepare(builder)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices("mtdense_jax:data_prepared")
+    sources.prepare(builder)
   tasks = build_tasks(config, sources.dataset_meta(builder))
   outputs = {n: t.num_outputs for n, t in tasks.items()}
   factory = state_lib.model_factory(config.model, outputs,

@@ -1,0 +1,32 @@
+"""Shared by the train tests and the multi-process worker: a few train steps
+outside the full loop."""
+
+from __future__ import annotations
+
+import jax
+
+from mtdense_jax.data import pipeline
+from mtdense_jax.train import loop
+from mtdense_jax.train import sharding as shd
+from mtdense_jax.train import state as state_lib
+from mtdense_jax.train import step as step_lib
+
+
+def run_steps(cfg, n: int = 1, devices=None) -> tuple[list[dict], dict]:
+  """Builds the experiment on `devices` and runs `n` train steps.
+
+  Returns (per-step metrics as floats, final train state).
+  """
+  exp = loop.setup(cfg, devices)
+  defs, state, shardings = state_lib.init_state(
+      exp.factory, exp.tx, exp.weighting, list(exp.tasks), exp.mesh)
+  it = pipeline.make_train_iter(cfg.data, list(exp.tasks),
+                                global_batch_size=cfg.train.batch_size,
+                                seed=cfg.seed)
+  fn = loop.compile_train_step(exp, defs, shardings)
+  acc = jax.device_put(step_lib.zero_acc(exp.tasks), shd.replicated(exp.mesh))
+  history = []
+  for _ in range(n):
+    state, metrics, acc = fn(state, shd.global_batch(next(it), exp.mesh), acc)
+    history.append({k: float(v) for k, v in jax.device_get(metrics).items()})
+  return history, state
