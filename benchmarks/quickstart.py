@@ -31,36 +31,37 @@ flags.DEFINE_integer("fit_batches", 20, "Train batches to fit baselines on.")
 FLAGS = flags.FLAGS
 
 
+# How each task's trivial predictor is fitted on training labels.
+TRIVIAL = {"semseg": "majority", "human_parts": "majority", "sal": "majority",
+           "depth": "mean", "normals": "mean_direction", "edge": "background"}
+
+
 def fit_trivial(cfg, tasks) -> dict[str, np.ndarray]:
   """Per task, the constant raw network output of the trivial predictor."""
   it = pipeline.make_train_iter(cfg.data, list(tasks), global_batch_size=8,
                                 seed=123)
-  sums: dict[str, np.ndarray] = {}
+  sums = {name: 0.0 for name in tasks}
   for _ in range(FLAGS.fit_batches):
     batch = next(it)
     for name, task in tasks.items():
       label = batch[name].astype(np.float64)
       ok = np.all(label != 255, axis=-1)
-      if task.num_outputs > 3 or name == "sal":   # classification: histogram
-        hist = np.bincount(label[..., 0][ok].astype(int),
-                           minlength=task.num_outputs)
-        sums[name] = sums.get(name, 0) + hist
-      elif name == "edge":
-        sums[name] = np.zeros(1)
+      if TRIVIAL[name] == "majority":
+        sums[name] = sums[name] + np.bincount(
+            label[..., 0][ok].astype(int), minlength=task.num_outputs)
       else:
-        sums[name] = sums.get(name, 0) + np.concatenate(
-            [label[ok].sum(0), [ok.sum()]])
+        sums[name] = sums[name] + np.append(label[ok].sum(0), ok.sum())
   const = {}
   for name, task in tasks.items():
-    s = sums[name]
-    if name == "edge":
-      const[name] = np.full((1,), -10.0)          # all background
-    elif task.num_outputs > 3 or name == "sal":
+    kind, s = TRIVIAL[name], sums[name]
+    if kind == "majority":   # one-hot logits of the most frequent class
       const[name] = np.where(np.arange(task.num_outputs) == np.argmax(s),
-                             10.0, -10.0)         # majority class
+                             10.0, -10.0)
+    elif kind == "background":
+      const[name] = np.full((task.num_outputs,), -10.0)
     else:
       mean = s[:-1] / max(s[-1], 1)
-      if name == "normals":
+      if kind == "mean_direction":
         mean = mean / max(np.linalg.norm(mean), 1e-12)
       const[name] = mean
   return const
@@ -68,14 +69,16 @@ def fit_trivial(cfg, tasks) -> dict[str, np.ndarray]:
 
 def trivial_metrics(cfg, tasks, const) -> dict[str, float]:
   stats = {n: t.metric_init() for n, t in tasks.items()}
-  update = jax.jit(lambda s, b: {
+  # The constants are an argument, not a closure: XLA would constant-fold
+  # the broadcast predictions otherwise (slow, noisy compile).
+  update = jax.jit(lambda s, b, c: {
       n: t.metric_update(s[n], jnp.broadcast_to(
-          jnp.asarray(const[n], jnp.float32),
-          b[n].shape[:3] + (len(const[n]),)), b[n], b["valid"])
+          c[n], b[n].shape[:3] + c[n].shape), b[n], b["valid"])
       for n, t in tasks.items()})
+  const = {n: np.asarray(v, np.float32) for n, v in const.items()}
   for batch in pipeline.make_eval_iter(cfg.data, list(tasks),
                                        global_batch_size=cfg.eval.batch_size):
-    stats = update(stats, batch)
+    stats = update(stats, batch, const)
   out = {}
   for n, t in tasks.items():
     for k, v in t.metric_compute(jax.device_get(stats[n])).items():

@@ -40,6 +40,7 @@ class Experiment:
   mesh: Mesh
   tasks: dict[str, task_base.Task]
   factory: Any
+  meta: dict[str, Any]
   weighting: Any
   tx: Any
   schedule: Any
@@ -77,7 +78,8 @@ def setup(config, devices=None) -> Experiment:
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices("mtdense_jax:data_prepared")
     sources.prepare(builder)
-  tasks = build_tasks(config, sources.dataset_meta(builder))
+  meta = sources.dataset_meta(builder)
+  tasks = build_tasks(config, meta)
   outputs = {n: t.num_outputs for n, t in tasks.items()}
   factory = state_lib.model_factory(config.model, outputs,
                                     tuple(config.data.image_size), config.seed)
@@ -88,8 +90,8 @@ def setup(config, devices=None) -> Experiment:
       {"model": model_tx, "weighting": optax.adam(schedule)},
       lambda tree: {k: jax.tree.map(lambda _, k=k: k, v)
                     for k, v in tree.items()})
-  return Experiment(config, mesh, tasks, factory, build_weighting(config), tx,
-                    schedule)
+  return Experiment(config, mesh, tasks, factory, meta,
+                    build_weighting(config), tx, schedule)
 
 
 def compile_train_step(exp: Experiment, defs, shardings):
@@ -150,6 +152,9 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
   writer = writers.MetricWriter(workdir)
   if jax.process_index() == 0:
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+    # Inference needs the head sizes without the dataset being present.
+    (workdir / "dataset_meta.json").write_text(
+        json.dumps(exp.meta, indent=2, default=str))
 
   defs, state, shardings = state_lib.init_state(
       exp.factory, exp.tx, exp.weighting, list(exp.tasks), exp.mesh,
