@@ -1,0 +1,382 @@
+"""Boundary odsF / oisF / AP without MATLAB: SEISM as InvPT and ATRC run it.
+
+Port (facts only, no code copied) of the offline protocol of
+prismformore/Boundary-Detection-Evaluation-Tools@bf19442 (a SEISM wrapper)
+and jponttuset/seism (files cited per step), ../shared/notes/methods.md d.6:
+
+1. Prediction: InvPT writes ``(255 * sigmoid).astype(uint8)`` PNGs (a
+   truncation) at the original size (centred padding cropped), and
+   ``read_one_cont_png`` (seism@35e6f16) reads them with ``im2single``.
+   ``quantize=True`` reproduces that round trip.
+2. Edge NMS (``read_one_cont_png``): ``[Ox,Oy] = gradient2(convTri(E,4))``,
+   ``O = mod(atan(Oyy.*sign(-Oxy)./(Oxx+1e-5)), pi)``,
+   ``edgesNmsMex(E, O, r=1, s=5, m=1.01)``. No extra ``convTri(E,1)`` (that is
+   HED's/pyEdgeEval's ``fast_nms``, which we therefore do not call). convTri,
+   gradient2 and the compiled NMS come from pyEdgeEval; the orientation is
+   computed in float32 (MATLAB single), the NMS in float64, its output
+   rounded to single as edgesNmsMex returns it.
+3. Binarise ``E >= max(eps, thr)`` (compared in single; an assumption about
+   MATLAB's single-vs-double comparison that only matters at exact ties)
+   for each threshold of ``parameters/HED.txt``
+   (0.001, 0.01 ... 0.99, 0.999: 101 values, per the notes; the file itself
+   was not readable here).
+4. ``edgesEvalImg`` (seism src/piotr_edges): thin the binary prediction
+   (``bwmorph(.,'thin',inf)`` = ``skimage.morphology.thin``), gt boundary =
+   ``seg2bmap(gt)`` (NOT thinned), ``correspondPixels(E1, G, maxDist)``
+   (pyEdgeEval's compiled BSDS matcher, outlier cost 100); per threshold
+   cntR = matched gt pixels, sumR = gt pixels, cntP = matched predicted
+   pixels, sumP = predicted pixels. maxDist is a fraction of the diagonal:
+   0.0075 PASCAL-Context, 0.011 NYUD (seism ``eval_method.m`` of the wrapper).
+5. ``gather_measure`` / ``general_ods`` / ``general_ois`` / ``general_ap``
+   (seism src/scripts): counts summed over images, odsF = max over thresholds
+   of the dataset F (no interpolation, unlike BSDS/pyEdgeEval), oisF from each
+   image's first best threshold, AP = mean of the linearly interpolated P(R)
+   at R = 0, .01, ..., 1 (points outside the curve dropped, sum / 100).
+
+Ground truth (the wrapper's ``db_gt.m``): PASCAL-Context passes the 459-class
+``LabelMap`` (a segmentation) through ``seg2bmap``; NYUD reads
+``edge/<id>.png`` and ALSO passes it through ``seg2bmap`` as if it were a
+segmentation, which turns each 1-pixel edge line into a 2-pixel band.
+``gt_mode``: "segmentation" (seg2bmap, SEISM as coded), "boundary" (the
+binary map is the boundary map, BSDS/pyEdgeEval style) or "auto" (a {0,1}
+map is a boundary map, anything else a segmentation).
+
+With 1-pixel gt lines that NYUD reading caps recall near 1/2 (a perfect
+1-pixel prediction scores F ~ 0.62), hard to square with published NYUD odsF
+~ 0.77; which edge PNGs SEISM's NYUD root held is unknown here, so "auto"
+keeps a {0, 1} map as the boundary map and "segmentation" is opt-in.
+
+correspondPixels seeds its random sparse outlier graph from the clock, so
+SEISM itself is not bit-reproducible: on ambiguous maps a few matchable
+pixels (0-0.5 %) go unmatched, differently from run to run. ``matcher=
+"max_cardinality"`` (scipy Hopcroft-Karp on the same candidate pairs) is a
+deterministic, ~10x faster upper bound within that noise; "bsds" (the
+compiled BSDS code from pyEdgeEval) stays the default.
+
+Empty cases (SEISM ``eval_cont``): no gt boundary -> R = 1, P = 0; nothing
+predicted -> R = 0, P = 1; F = 0 when P + R = 0. Dataset level follows
+``gather_measure``'s vectorised rules (see ``_dataset_pr``).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from typing import Sequence
+
+import numpy as np
+from pyEdgeEval._lib import correspond_pixels
+from pyEdgeEval._lib import nms as _nms
+from pyEdgeEval.preprocess.nms.toolbox import conv_tri
+from pyEdgeEval.preprocess.nms.toolbox import grad2
+from scipy import sparse
+from scipy import spatial
+from scipy.sparse import csgraph
+from skimage.morphology import thin as _thin
+
+MAX_DIST_PASCAL = 0.0075
+MAX_DIST_NYUD = 0.011
+# SEISM parameters/HED.txt (methods.md d.6): 101 thresholds.
+SEISM_THRESHOLDS = np.concatenate(
+    [[0.001], np.arange(1, 100) / 100.0, [0.999]])
+_EPS = np.finfo(np.float64).eps  # MATLAB eps
+
+Crop = tuple[int, int] | tuple[int, int, int, int]
+
+
+def resolve_thresholds(thresholds: int | Sequence[float] | None) -> np.ndarray:
+  """None -> SEISM's 101; int K -> edgesEvalImg's linspace; else as given."""
+  if thresholds is None:
+    return SEISM_THRESHOLDS.copy()
+  if isinstance(thresholds, (int, np.integer)):
+    k = int(thresholds)
+    return np.linspace(1.0 / (k + 1), 1.0 - 1.0 / (k + 1), k)
+  out = np.asarray(thresholds, np.float64).reshape(-1)
+  if out.size == 0 or np.any(np.diff(out) <= 0):
+    raise ValueError("thresholds must be non-empty and strictly increasing")
+  return out
+
+
+def quantize_uint8(prob: np.ndarray) -> np.ndarray:
+  """InvPT's PNG round trip: (255 * p).astype(uint8), read back / 255."""
+  p = np.clip(np.asarray(prob, np.float32), 0.0, 1.0)
+  q = (np.float32(255.0) * p).astype(np.uint8)  # truncation, as astype does
+  return q.astype(np.float32) / np.float32(255.0)
+
+
+def edge_nms(edge: np.ndarray) -> np.ndarray:
+  """SEISM read_one_cont_png's NMS (orientation in float32, as single)."""
+  e = np.asarray(edge, np.float32)
+  ox, oy = grad2(conv_tri(e, 4))
+  oxx, _ = grad2(ox)
+  oxy, oyy = grad2(oy)
+  ori = np.mod(np.arctan(oyy * np.sign(-oxy) / (oxx + np.float32(1e-5))),
+               np.float32(np.pi))
+  return _nms(e, ori, r=1, s=5, m=1.01)
+
+
+def seg2bmap(seg: np.ndarray) -> np.ndarray:
+  """BSDS seg2bmap at full size: label differs from E, S or SE neighbour."""
+  seg = np.asarray(seg)
+  b = np.zeros(seg.shape, bool)
+  b[:-1, :-1] = ((seg[:-1, :-1] != seg[:-1, 1:])
+                 | (seg[:-1, :-1] != seg[1:, :-1])
+                 | (seg[:-1, :-1] != seg[1:, 1:]))
+  b[-1, :-1] = seg[-1, :-1] != seg[-1, 1:]   # last row: east only
+  b[:-1, -1] = seg[:-1, -1] != seg[1:, -1]   # last column: south only
+  b[-1, -1] = False
+  return b
+
+
+def gt_boundaries(gt: np.ndarray, gt_mode: str = "auto") -> np.ndarray:
+  """Boundary map (bool) of a gt edge map or segmentation (see module doc)."""
+  gt = np.asarray(gt)
+  values = np.unique(gt)
+  binary = bool(np.all(np.isin(values, (0, 1))))
+  if gt_mode == "auto":
+    if not binary and np.all(np.isin(values, (0, 1, 255))):
+      raise ValueError("gt edge map holds 255 (padding/ignore): pass crop, "
+                       "or gt_mode='segmentation' if 255 is a real label")
+    gt_mode = "boundary" if binary else "segmentation"
+  if gt_mode == "boundary":
+    if not binary:
+      raise ValueError(f"boundary gt must be in {{0, 1}}, got {values[:8]}")
+    return gt.astype(bool)
+  if gt_mode == "segmentation":
+    return seg2bmap(gt)
+  raise ValueError(f"gt_mode must be auto|boundary|segmentation: {gt_mode!r}")
+
+
+def apply_crop(arr: np.ndarray, crop: Crop | None) -> np.ndarray:
+  """(h, w): InvPT's centred crop ((H-h)//2 offsets); or (top, left, h, w)."""
+  arr = np.asarray(arr)
+  if arr.ndim == 3 and arr.shape[-1] == 1:
+    arr = arr[..., 0]
+  if arr.ndim != 2:
+    raise ValueError(f"expected an (H, W) map, got shape {arr.shape}")
+  if crop is None:
+    return arr
+  if len(crop) == 2:
+    h, w = crop
+    top, left = (arr.shape[0] - h) // 2, (arr.shape[1] - w) // 2
+  else:
+    top, left, h, w = crop
+  if top < 0 or left < 0 or top + h > arr.shape[0] or left + w > arr.shape[1]:
+    raise ValueError(f"crop {crop} outside a map of shape {arr.shape}")
+  return arr[top:top + h, left:left + w]
+
+
+def _match(pred: np.ndarray, gt: np.ndarray, max_dist: float) -> np.ndarray:
+  """[cntR, sumR, cntP, sumP] of one binary prediction against one gt."""
+  sum_p, sum_r = int(np.count_nonzero(pred)), int(np.count_nonzero(gt))
+  if sum_p == 0 or sum_r == 0:  # nothing can match
+    return np.array([0, sum_r, 0, sum_p], np.float64)
+  m_pred, m_gt, _, _ = correspond_pixels(pred, gt, max_dist=max_dist)
+  return np.array([np.count_nonzero(m_gt), sum_r,
+                   np.count_nonzero(m_pred), sum_p], np.float64)
+
+
+def _match_max_cardinality(pred: np.ndarray, gt: np.ndarray,
+                           max_dist: float) -> np.ndarray:
+  """Fast stand-in: a maximum matching of the same candidate pairs.
+
+  BSDS's matcher minimises cost with a large per-outlier penalty, i.e. it
+  maximises the number of pairs within maxDist, but its random sparse
+  outlier graph sometimes leaves a few matchable pixels out (seen: 0-0.5 %).
+  Hopcroft-Karp (scipy) finds the true maximum, so its counts are an upper
+  bound on correspondPixels' and usually within that noise of them.
+  """
+  sum_p, sum_r = int(np.count_nonzero(pred)), int(np.count_nonzero(gt))
+  if sum_p == 0 or sum_r == 0:
+    return np.array([0, sum_r, 0, sum_p], np.float64)
+  p, g = np.argwhere(pred), np.argwhere(gt)
+  pairs = spatial.cKDTree(p).sparse_distance_matrix(
+      spatial.cKDTree(g), max_dist * np.hypot(*pred.shape),
+      output_type="ndarray")
+  graph = sparse.csr_matrix(
+      (np.ones(len(pairs)), (pairs["i"], pairs["j"])), shape=(sum_p, sum_r))
+  n = int(np.count_nonzero(
+      csgraph.maximum_bipartite_matching(graph, perm_type="column") >= 0))
+  return np.array([n, sum_r, n, sum_p], np.float64)
+
+
+_MATCHERS = {"bsds": _match, "max_cardinality": _match_max_cardinality}
+
+
+def image_counts(prob: np.ndarray, gt: np.ndarray, max_dist: float,
+                 thresholds: int | Sequence[float] | None = None,
+                 nms: bool = True, *, gt_mode: str = "auto",
+                 quantize: bool = True, crop: Crop | None = None,
+                 thin: bool = True, matcher: str = "bsds") -> np.ndarray:
+  """Per-threshold (T, 4) counts [cntR, sumR, cntP, sumP] of one image.
+
+  Pure (picklable arguments), so it can run in a multiprocessing pool.
+
+  Args:
+    prob: (H, W) edge probability in [0, 1] (sigmoid of the logits).
+    gt: (H, W) binary edge map or segmentation (see ``gt_mode``).
+    max_dist: match tolerance as a fraction of the image diagonal.
+    thresholds: None (SEISM's 101), an int K, or increasing values.
+    nms: apply SEISM's edge NMS before thresholding.
+    gt_mode: "auto" | "boundary" | "segmentation" (module doc).
+    quantize: reproduce InvPT's uint8 PNG truncation first.
+    crop: applied to both maps first (drop the eval padding).
+    thin: bwmorph-thin each binary prediction (edgesEvalImg default).
+    matcher: "bsds" (correspondPixels, the reference) or "max_cardinality"
+      (scipy Hopcroft-Karp, many times faster; not the reference, see
+      ``_match_max_cardinality``).
+  """
+  thr = resolve_thresholds(thresholds)
+  match = _MATCHERS[matcher]
+  e = apply_crop(prob, crop).astype(np.float32)
+  g = gt_boundaries(apply_crop(gt, crop), gt_mode)
+  if e.shape != g.shape:
+    raise ValueError(f"prob {e.shape} and gt {g.shape} differ in shape")
+  if quantize:
+    e = quantize_uint8(e)
+  if nms:
+    e = edge_nms(e).astype(np.float32)  # edgesNmsMex returns single
+  out = np.zeros((thr.size, 4), np.float64)
+  prev_n, prev_row = -1, None
+  for k, t in enumerate(thr):
+    b = e >= np.float32(max(_EPS, t))  # single vs double: compared as single
+    n = int(np.count_nonzero(b))
+    if n == prev_n:  # nested sets: same size means the same map
+      out[k] = prev_row
+      continue
+    if thin and n:
+      b = _thin(b)
+    out[k] = prev_row = match(b, g, max_dist)
+    prev_n = n
+  return out
+
+
+def _image_pr(c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """eval_cont's per-image P, R (rows of c = [cntR, sumR, cntP, sumP])."""
+  cnt_r, sum_r, cnt_p, sum_p = c[..., 0], c[..., 1], c[..., 2], c[..., 3]
+  with np.errstate(divide="ignore", invalid="ignore"):
+    rec = np.where(sum_r == 0, 1.0,
+                   np.where(sum_p == 0, 0.0, cnt_r / sum_r))
+    prec = np.where(sum_r == 0, 0.0,
+                    np.where(sum_p == 0, 1.0, cnt_p / sum_p))
+  return prec, rec
+
+
+def _dataset_pr(c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """gather_measure's vectorised P, R of summed (T, 4) counts."""
+  cnt_r, sum_r, cnt_p, sum_p = c[:, 0], c[:, 1], c[:, 2], c[:, 3]
+  rec, prec = np.zeros(len(c)), np.zeros(len(c))
+  no_gt = (sum_r == 0) & (cnt_p == 0)
+  rec[no_gt], prec[no_gt] = 1.0, 0.0
+  no_pred = (sum_p == 0) & (cnt_r == 0)  # applied second: wins when both
+  rec[no_pred], prec[no_pred] = 0.0, 1.0
+  ok = (sum_p != 0) & (cnt_r != 0)
+  rec[ok], prec[ok] = cnt_r[ok] / sum_r[ok], cnt_p[ok] / sum_p[ok]
+  return prec, rec
+
+
+def _f(prec: np.ndarray, rec: np.ndarray) -> np.ndarray:
+  s = prec + rec
+  with np.errstate(divide="ignore", invalid="ignore"):
+    return np.where(s == 0, 0.0, 2.0 * prec * rec / np.where(s == 0, 1, s))
+
+
+def seism_ap(prec: np.ndarray, rec: np.ndarray) -> float:
+  """general_ap: interp1 of P over unique R at 0:.01:1, NaN dropped, / 100."""
+  rec_u, first = np.unique(rec, return_index=True)  # MATLAB unique: first
+  if rec_u.size <= 1:
+    return 0.0
+  grid = np.linspace(0.0, 1.0, 101)
+  inside = (grid >= rec_u[0]) & (grid <= rec_u[-1])
+  return float(np.interp(grid[inside], rec_u, prec[first]).sum() / 100.0)
+
+
+def summarize(counts: np.ndarray) -> dict[str, float]:
+  """odsF, oisF, AP (fractions) of per-image counts (N, T, 4), as SEISM."""
+  counts = np.asarray(counts, np.float64)
+  if counts.ndim != 3 or counts.shape[0] == 0 or counts.shape[-1] != 4:
+    raise ValueError(f"need (N>0, T, 4) counts, got shape {counts.shape}")
+  prec, rec = _dataset_pr(counts.sum(axis=0))
+  f = _f(prec, rec)
+  best = int(np.argmax(f))  # MATLAB max: first maximum
+  img_f = _f(*_image_pr(counts))  # (N, T)
+  pick = counts[np.arange(len(counts)), np.argmax(img_f, axis=1)].sum(0)
+  ois_p, ois_r = _image_pr(pick)
+  return {"odsF": float(f[best]),
+          "oisF": float(_f(ois_p, ois_r)),
+          "AP": seism_ap(prec, rec)}
+
+
+class BoundaryEvaluator:
+  """Accumulates per-image SEISM counts; ``compute`` gives odsF/oisF/AP.
+
+  ``processes > 0`` evaluates images in a spawn-context pool (safe beside
+  JAX's threads; the launching script needs the usual ``__main__`` guard):
+  ``add`` returns at once, ``compute`` waits. Or run ``image_counts`` in a
+  pool of your own and feed ``add_counts``.
+  """
+
+  def __init__(self, max_dist: float,
+               thresholds: int | Sequence[float] | None = None,
+               nms: bool = True, *, gt_mode: str = "auto",
+               quantize: bool = True, processes: int = 0,
+               matcher: str = "bsds"):
+    if matcher not in _MATCHERS:
+      raise ValueError(f"matcher must be one of {sorted(_MATCHERS)}")
+    self.max_dist = float(max_dist)
+    self.thresholds = resolve_thresholds(thresholds)
+    self.nms, self.gt_mode, self.quantize = nms, gt_mode, quantize
+    self.matcher = matcher
+    self._counts: list[np.ndarray] = []
+    self._pending: list = []
+    self._processes = processes
+    self._pool = None
+
+  def add(self, prob: np.ndarray, gt: np.ndarray,
+          crop: Crop | None = None) -> None:
+    """Adds one image: prob (H, W) in [0, 1], gt (H, W) edges or labels."""
+    args = (np.asarray(prob), np.asarray(gt), self.max_dist,
+            self.thresholds, self.nms)
+    kw = dict(gt_mode=self.gt_mode, quantize=self.quantize, crop=crop,
+              matcher=self.matcher)
+    if self._processes > 0:
+      if self._pool is None:
+        ctx = multiprocessing.get_context("spawn")
+        self._pool = ctx.Pool(self._processes)
+      self._pending.append(self._pool.apply_async(image_counts, args, kw))
+    else:
+      self.add_counts(image_counts(*args, **kw))
+
+  def add_counts(self, counts: np.ndarray) -> None:
+    """Adds counts computed elsewhere (``image_counts``, same thresholds)."""
+    counts = np.asarray(counts, np.float64)
+    if counts.shape != (self.thresholds.size, 4):
+      raise ValueError(f"counts must be ({self.thresholds.size}, 4), got "
+                       f"{counts.shape}")
+    self._counts.append(counts)
+
+  @property
+  def counts(self) -> np.ndarray:
+    """(N, T, 4) counts so far (waits for pending pool work)."""
+    for res in self._pending:
+      self.add_counts(res.get())
+    self._pending = []
+    return np.stack(self._counts) if self._counts else np.zeros(
+        (0, self.thresholds.size, 4))
+
+  def compute(self) -> dict[str, float]:
+    """{"odsF", "oisF", "AP"} as fractions."""
+    return summarize(self.counts)
+
+  def curve(self) -> dict[str, np.ndarray]:
+    """Dataset precision / recall / F per threshold (gather_measure)."""
+    prec, rec = _dataset_pr(self.counts.sum(axis=0))
+    return {"thresholds": self.thresholds, "precision": prec, "recall": rec,
+            "f": _f(prec, rec)}
+
+  def close(self) -> None:
+    """Waits for and shuts down the worker pool, if any."""
+    if self._pool is not None:
+      _ = self.counts
+      self._pool.close()
+      self._pool.join()
+      self._pool = None
