@@ -24,6 +24,8 @@ from mtdense_jax.convert import torch_utils
 from mtdense_jax.models.decoders import invpt
 from mtdense_jax.models.encoders import vit
 from mtdense_jax.models.multitask import MultiTaskModel
+from tests import invpt_testing
+from tests.invpt_testing import state_dict as _state_dict
 
 # float32 port vs float32 reference; the sidecars give float32-vs-float64
 # differences <= 4e-6 on the outputs, and 2e-5 still catches the ViT
@@ -36,28 +38,6 @@ DEAD = {"decoder/back_fea_2"}
 _GOLDEN = pathlib.Path(__file__).resolve().parents[2] / "shared" / "golden"
 CASES = sorted(p.stem for p in _GOLDEN.glob("invpt_*.npz")) or [
     "invpt_nyud_a", "invpt_pascal_a"]
-
-
-def build_from_sidecar(meta: dict, rngs: nnx.Rngs) -> MultiTaskModel:
-  """The reference configuration of a golden case, as a JAX model."""
-  cfg = meta["config"]
-  v, d = cfg["vit"], cfg["decoder"]
-  img = tuple(cfg["image_size_hw"])
-  encoder = vit.build("B/16", img_size=img, rngs=rngs, width=v["embed_dim"],
-                      depth=v["depth"], num_heads=v["num_heads"],
-                      mlp_ratio=v["mlp_ratio"], patch_size=v["patch_size"],
-                      taps=v["select_list"])
-  tasks = {t: cfg["num_output"][t] for t in cfg["tasks"]}
-  decoder = invpt.build(
-      encoder=encoder, task_outputs=tasks, img_size=img, rngs=rngs,
-      embed_dim=d["embed_dim"], pred_out_constant=d["PRED_OUT_NUM_CONSTANT"],
-      num_heads=d["spec"]["NUM_HEADS"][0], mlp_ratio=d["spec"]["MLP_RATIO"][0])
-  return MultiTaskModel(encoder, decoder)
-
-
-def _state_dict(npz: dict) -> dict[str, np.ndarray]:
-  return {k[len("param/"):]: v for k, v in npz.items()
-          if k.startswith("param/")}
 
 
 def _to_torch_layout(name: str, x: np.ndarray) -> np.ndarray:
@@ -73,9 +53,7 @@ def case(request, golden):
   npz, meta = golden(request.param)
   # Abstract init (no random-init compute); the strict conversion fills
   # every variable.
-  model = nnx.eval_shape(lambda: build_from_sidecar(meta, nnx.Rngs(0)))
-  nnx.update(model, invpt.from_torch(_state_dict(npz), model))
-  model.eval()
+  model = invpt_testing.converted_model(npz, meta)
   graphdef, state = nnx.split(model)
 
   @jax.jit
