@@ -7,6 +7,8 @@ Multi-process (SLURM, TPU pods, or JAX_COORDINATOR_ADDRESS/JAX_NUM_PROCESSES/
 JAX_PROCESS_ID) is detected by jax.distributed.initialize().
 """
 
+import sys
+
 from absl import app, flags, logging
 import jax
 from ml_collections import config_flags
@@ -26,7 +28,7 @@ FLAGS = flags.FLAGS
 def main(argv):
   del argv
   runtime.initialize()
-  if FLAGS["verbosity"].using_default_value:
+  if not FLAGS["verbosity"].present:
     # absl.app turns INFO on, and orbax/TFDS are very chatty at INFO.
     logging.set_verbosity(logging.WARNING)
   config = _CONFIG.value
@@ -34,11 +36,14 @@ def main(argv):
   logging.info("process %d/%d, devices: %s", jax.process_index(),
                jax.process_count(), jax.devices())
   from mtdense_jax.train import loop  # pylint: disable=g-import-not-at-top
-  if FLAGS.mode == "train":
-    loop.train_and_evaluate(config, FLAGS.workdir)
-  else:
-    loop.evaluate_checkpoint(config, FLAGS.workdir, FLAGS.checkpoint,
-                             FLAGS.step)
+  try:
+    if FLAGS.mode == "train":
+      loop.train_and_evaluate(config, FLAGS.workdir)
+    else:
+      loop.evaluate_checkpoint(config, FLAGS.workdir, FLAGS.checkpoint,
+                               FLAGS.step)
+  except FileNotFoundError as e:   # missing dataset archive or checkpoint
+    sys.exit(f"Error: {e}")
 
 
 if __name__ == "__main__":
