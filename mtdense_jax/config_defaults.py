@@ -50,7 +50,12 @@ def base_config() -> mlc.ConfigDict:
 
   c.model = mlc.ConfigDict(dict(
       encoder="vit", variant="S/16", encoder_kw=mlc.ConfigDict(),
-      decoder="baseline", decoder_kw=mlc.ConfigDict(), dtype="float32"))
+      decoder="baseline", decoder_kw=mlc.ConfigDict(), dtype="float32",
+      # Activation checkpointing per encoder block / decoder stage: "none"
+      # or "block"; the policy names a jax.checkpoint_policies member
+      # ("nothing_saveable" recomputes everything, "dots_saveable" keeps
+      # matmul outputs).
+      remat="none", remat_policy="nothing_saveable"))
 
   c.loss = mlc.ConfigDict(dict(aux_weight=1.0))
   c.weighting = mlc.ConfigDict(dict(name="lps", kw=mlc.ConfigDict()))
@@ -61,9 +66,22 @@ def base_config() -> mlc.ConfigDict:
 
   c.train = mlc.ConfigDict(dict(
       steps=1000, batch_size=8, log_every=50, eval_every=500,
-      ckpt_every=500, keep_ckpts=3))
+      ckpt_every=500, keep_ckpts=3,
+      grad_accum=1))   # micro-batches per step (scan inside the jit)
   c.eval = mlc.ConfigDict(dict(
-      batch_size=8, protocol="invpt", stl_baselines=mlc.ConfigDict()))
+      batch_size=8, protocol="invpt", stl_baselines=mlc.ConfigDict(),
+      # Boundary odsF/oisF/AP (SEISM protocol, evaluators/boundary.py) for
+      # tasks with a boundary metric. Off by default: it is CPU-heavy
+      # (seconds per image). max_dist None takes the dataset's value
+      # (0.011 NYUD, 0.0075 PASCAL); thresholds None = SEISM's 101;
+      # matcher "bsds" (pyEdgeEval's correspondPixels) or "max_cardinality".
+      boundary=mlc.ConfigDict(dict(
+          enabled=False, max_dist=mlc.config_dict.placeholder(float),
+          thresholds=mlc.config_dict.placeholder(int), matcher="bsds",
+          processes=0))))
   c.mesh = mlc.ConfigDict(dict(data=-1, model=1))
-  c.sharding = mlc.ConfigDict(dict(rules=()))   # ((regex, spec), ...)
+  # strategy: "replicate" | "fsdp" (largest divisible dim over 'data' for
+  # leaves >= min_size elements) | "rules" (((regex, spec), ...) in rules).
+  c.sharding = mlc.ConfigDict(dict(strategy="replicate", rules=(),
+                                   min_size=2 ** 14))
   return c

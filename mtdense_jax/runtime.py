@@ -15,7 +15,15 @@ _MULTIPROCESS_ENV = ("JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS",
 
 def initialize(cache_dir: str | None = None) -> None:
   """Multi-process init when the environment asks for it, and a persistent
-  compilation cache (compiles dominate short CPU runs)."""
+  compilation cache (compiles dominate short CPU runs).
+
+  ``MTDENSE_CPU_DEVICES=n`` gives each process n CPU devices (set before
+  any backend starts), so a multi-host run can be rehearsed on one machine
+  without XLA_FLAGS.
+  """
+  if os.environ.get("MTDENSE_CPU_DEVICES"):
+    jax.config.update("jax_num_cpu_devices",
+                      int(os.environ["MTDENSE_CPU_DEVICES"]))
   if any(os.environ.get(k) for k in _MULTIPROCESS_ENV):
     kw = {}
     if os.environ.get("JAX_COORDINATOR_ADDRESS"):

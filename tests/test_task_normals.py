@@ -180,3 +180,6 @@ def test_loss_gradient_finite_at_zero_prediction():
   label = jnp.broadcast_to(jnp.array([0.0, 0.0, 1.0]), (1, 2, 2, 3))
   g = jax.grad(lambda p: t.loss(p, label))(pred)
   assert bool(jnp.all(jnp.isfinite(g)))
+  # No gradient through undefined directions (PyTorch would give ~1e12).
+  np.testing.assert_array_equal(np.asarray(g[0, 1:]), 0.0)
+  assert float(jnp.abs(g).max()) < 10.0

@@ -59,6 +59,22 @@ def test_train_eval_checkpoint_and_resume(data_dir, tmp_path, capsys):
   for k, v in metrics.items():
     np.testing.assert_allclose(again[k], v, rtol=1e-5, err_msg=k)
   assert json.loads((tmp_path / "eval_step4.json").read_text())["step"] == 4
+  # ... and with the boundary benchmark and delta_m against baselines.
+  cfg.eval.boundary.enabled = True
+  cfg.eval.boundary.thresholds = 5
+  cfg.eval.boundary.matcher = "max_cardinality"   # deterministic, fast
+  stl = {"semseg": {"mIoU": 0.5}, "depth": {"rmse": 1.0},
+         "normals": {"mean": 30.0}, "edge": {"odsF": 0.5}}
+  cfg.eval.stl_baselines = stl
+  full = loop.evaluate_checkpoint(cfg, str(tmp_path))
+  assert {"edge/odsF", "edge/oisF", "edge/AP", "delta_m"} <= set(full)
+  assert 0.0 <= full["edge/odsF"] <= 1.0
+  expected = np.mean([
+      (full["semseg/mIoU"] - 0.5) / 0.5, -(full["depth/rmse"] - 1.0) / 1.0,
+      -(full["normals/mean"] - 30.0) / 30.0, (full["edge/odsF"] - 0.5) / 0.5])
+  np.testing.assert_allclose(full["delta_m"], expected, rtol=1e-9)
+  cfg.eval.boundary.enabled = False
+  cfg.eval.stl_baselines = {}
   # Same workdir again: resumes at the last step, does not retrain.
   capsys.readouterr()
   loop.train_and_evaluate(cfg, str(tmp_path))

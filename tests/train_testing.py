@@ -19,7 +19,8 @@ def run_steps(cfg, n: int = 1, devices=None) -> tuple[list[dict], dict]:
   """
   exp = loop.setup(cfg, devices)
   defs, state, shardings = state_lib.init_state(
-      exp.factory, exp.tx, exp.weighting, list(exp.tasks), exp.mesh)
+      exp.factory, exp.tx, exp.weighting, list(exp.tasks), exp.mesh,
+      cfg.get("sharding"))
   it = pipeline.make_train_iter(cfg.data, list(exp.tasks),
                                 global_batch_size=cfg.train.batch_size,
                                 seed=cfg.seed)

@@ -8,6 +8,7 @@ orthogonal.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Mapping
 
 from flax import nnx
@@ -15,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from mtdense_jax import registry
+from mtdense_jax.models.layers import common
 
 Predictions = dict[str, Any]   # {"final": {task: x}, "aux": {name: {task: x}}}
 
@@ -41,6 +43,17 @@ def compute_dtype(name: str) -> Any:
   return _DTYPES[name]
 
 
+def _remat_kw(build, model_cfg: Mapping[str, Any]) -> dict[str, str]:
+  """``config.model.remat*`` for plugins whose build takes them (plugins
+  without blocks worth checkpointing, e.g. the conv heads, need not)."""
+  remat = model_cfg.get("remat", "none")
+  common.remat_policy(remat, model_cfg.get("remat_policy", "nothing_saveable"))
+  if remat == "none" or "remat" not in inspect.signature(build).parameters:
+    return {}
+  return {"remat": remat,
+          "remat_policy": model_cfg.get("remat_policy", "nothing_saveable")}
+
+
 def build_model(model_cfg: Mapping[str, Any], *,
                 task_outputs: Mapping[str, int], img_size: tuple[int, int],
                 rngs: nnx.Rngs) -> MultiTaskModel:
@@ -60,8 +73,10 @@ def build_model(model_cfg: Mapping[str, Any], *,
   dec_mod = registry.lookup("decoder", model_cfg["decoder"])
   encoder = enc_mod.build(model_cfg["variant"], img_size=tuple(img_size),
                           rngs=rngs, dtype=dtype,
+                          **_remat_kw(enc_mod.build, model_cfg),
                           **dict(model_cfg.get("encoder_kw", {}) or {}))
   decoder = dec_mod.build(encoder=encoder, task_outputs=dict(task_outputs),
                           img_size=tuple(img_size), rngs=rngs, dtype=dtype,
+                          **_remat_kw(dec_mod.build, model_cfg),
                           **dict(model_cfg.get("decoder_kw", {}) or {}))
   return MultiTaskModel(encoder, decoder)

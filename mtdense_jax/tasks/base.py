@@ -48,6 +48,10 @@ class Task:
   # Metric name -> True if higher is better. Used for delta_m and for picking
   # the best checkpoint; the first entry is the primary metric.
   metric_directions: ClassVar[Mapping[str, bool]] = {}
+  # True for boundary tasks: the evaluator adds the offline boundary
+  # benchmark (odsF, oisF, AP) on the postprocessed predictions when
+  # config.eval.boundary.enabled.
+  boundary_metric: ClassVar[bool] = False
 
   num_classes: int | None = None
   protocol: str = "invpt"

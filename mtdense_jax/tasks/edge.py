@@ -57,6 +57,7 @@ class Task(base.Task):
   metric_directions: ClassVar[Mapping[str, bool]] = {"loss": False}
   # Metrics produced by offline evaluators that delta_m prefers when present.
   delta_m_metrics: ClassVar[Mapping[str, bool]] = {"odsF": True}
+  boundary_metric: ClassVar[bool] = True
 
   pos_weight: float | None = 0.95
 

@@ -47,13 +47,17 @@ _THRESHOLD_KEYS = ("11.25", "22.5", "30")
 
 
 def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
-  """``F.normalize(x, dim=-1)``: x / max(||x||, eps)."""
-  # sqrt(max(|x|^2, eps^2)) == max(|x|, eps) in value, but its gradient is
-  # finite at x = 0 (a ReLU head can output an exact zero vector), where
-  # d sqrt(0) = inf would turn every gradient into NaN.
+  """``F.normalize(x, dim=-1)``: x / max(||x||, eps), in value.
+
+  Where ||x|| <= eps (a ReLU head can emit an exact zero vector) the
+  direction is undefined: the value is the reference's x / eps, but no
+  gradient flows there. PyTorch's gradient at such a pixel is ~1/eps = 1e12,
+  which with global-norm clipping would freeze every other parameter.
+  """
   sq = jnp.sum(x * x, axis=-1, keepdims=True)
-  norm = jnp.sqrt(jnp.maximum(sq, eps * eps))
-  return x / norm
+  ok = sq > eps * eps
+  unit = x * jax.lax.rsqrt(jnp.where(ok, sq, 1.0))
+  return jnp.where(ok, unit, jax.lax.stop_gradient(x / eps))
 
 
 def _invpt_angles(pred: jax.Array, gt: jax.Array) -> jax.Array:

@@ -70,6 +70,13 @@ def build_weighting(config):
 
 def setup(config, devices=None) -> Experiment:
   mesh = shd.make_mesh(config.get("mesh"), devices)
+  n_data = mesh.shape["data"]
+  for key in ("train.batch_size", "eval.batch_size"):
+    size = config[key.split(".")[0]][key.split(".")[1]]
+    if size % n_data:
+      raise ValueError(
+          f"config.{key}={size} does not split over the {n_data} devices of "
+          "the mesh's data axis; use a multiple of it (or set config.mesh).")
   builder = sources.get_builder(config.data)
   # Process 0 prepares first; the others then find a shared data_dir ready
   # (or prepare their own local one) instead of racing to write it.
@@ -98,7 +105,8 @@ def compile_train_step(exp: Experiment, defs, shardings):
   fn = step_lib.bind(step_lib.train_step, defs=defs, tasks=exp.tasks,
                      weighting=exp.weighting, tx=exp.tx,
                      aux_weight=exp.config.loss.aux_weight,
-                     rng=jax.random.key(exp.config.seed + 1))
+                     rng=jax.random.key(exp.config.seed + 1),
+                     grad_accum=int(exp.config.train.get("grad_accum", 1)))
   repl = shd.replicated(exp.mesh)
   return jax.jit(fn, in_shardings=(shardings, shd.batch_sharding(exp.mesh),
                                    repl),
@@ -115,14 +123,45 @@ def compile_eval_step(exp: Experiment, defs, shardings):
                                       # constant buffers, so no donation.
 
 
-def evaluate(exp: Experiment, eval_fn, params, batch_stats) -> dict[str, float]:
+def make_boundary_eval(exp: Experiment, defs,
+                       shardings) -> dense.BoundaryEval | None:
+  """The offline boundary benchmark, when enabled and a task has one."""
+  bcfg = exp.config.eval.get("boundary", {})
+  if not (bcfg.get("enabled") and
+          any(t.boundary_metric for t in exp.tasks.values())):
+    return None
+  from mtdense_jax.evaluators import boundary  # pylint: disable=g-import-not-at-top
+  max_dist = bcfg.get("max_dist") or exp.meta.get("edge_max_dist")
+  if not max_dist:
+    raise ValueError("config.eval.boundary.max_dist is unset and dataset "
+                     f"{exp.config.data.name} has no edge_max_dist.")
+  fn = step_lib.bind(step_lib.predict_step, defs=defs, tasks=exp.tasks)
+  predict = jax.jit(fn, in_shardings=(shardings["params"],
+                                      shardings["batch_stats"],
+                                      shd.batch_sharding(exp.mesh)))
+  return dense.BoundaryEval(predict, lambda: boundary.BoundaryEvaluator(
+      float(max_dist), bcfg.get("thresholds"), matcher=bcfg.get("matcher"),
+      processes=bcfg.get("processes", 0)))
+
+
+def evaluate(exp: Experiment, eval_fn, params, batch_stats,
+             boundary: dense.BoundaryEval | None = None) -> dict[str, float]:
   cfg = exp.config
   batches = pipeline.make_eval_iter(
       cfg.data, list(exp.tasks), split=cfg.data.eval_split,
       global_batch_size=cfg.eval.batch_size)
-  return dense.evaluate(exp.tasks, eval_fn, params, batch_stats,
+  repl = shd.replicated(exp.mesh)
+
+  def step(p, s, stats, batch):
+    # The initial totals are uncommitted single-device arrays, the step's
+    # own outputs committed replicated ones: without this the eval step
+    # compiles twice (tests/test_compile_once.py). A no-op after batch 1.
+    return eval_fn(p, s, jax.device_put(stats, repl), batch)
+
+  return dense.evaluate(exp.tasks, step, params, batch_stats,
                         (shd.global_batch(b, exp.mesh) for b in batches),
-                        stl_baselines=cfg.eval.get("stl_baselines"))
+                        stl_baselines=cfg.eval.get("stl_baselines"),
+                        boundary=boundary)
 
 
 def _check_finite(acc: Mapping[str, float], step: int) -> None:
@@ -158,7 +197,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
 
   defs, state, shardings = state_lib.init_state(
       exp.factory, exp.tx, exp.weighting, list(exp.tasks), exp.mesh,
-      config.get("sharding", {}).get("rules", ()))
+      config.get("sharding"))
   data_iter = pipeline.make_train_iter(
       config.data, list(exp.tasks), global_batch_size=tcfg.batch_size,
       seed=config.seed)
@@ -179,6 +218,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
 
   train_fn = compile_train_step(exp, defs, shardings)
   eval_fn = compile_eval_step(exp, defs, shardings)
+  boundary = make_boundary_eval(exp, defs, shardings)
   start = int(jax.device_get(state["step"]))
   progress = writers.Progress(tcfg.steps, start)
   acc = jax.device_put(step_lib.zero_acc(exp.tasks), shd.replicated(exp.mesh))
@@ -203,11 +243,13 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
                 meta={"config": json.loads(config.to_json_best_effort())},
                 force=is_last)
     if step % tcfg.eval_every == 0 or is_last:
-      metrics = evaluate(exp, eval_fn, state["params"], state["batch_stats"])
+      metrics = evaluate(exp, eval_fn, state["params"], state["batch_stats"],
+                         boundary)
       writer.evaluation(step, metrics)
   if start >= tcfg.steps:
     print(f"Already trained to step {start}; evaluating.", flush=True)
-    metrics = evaluate(exp, eval_fn, state["params"], state["batch_stats"])
+    metrics = evaluate(exp, eval_fn, state["params"], state["batch_stats"],
+                       boundary)
     writer.evaluation(start, metrics)
   mngr.wait_until_finished()
   mngr.close()
@@ -223,14 +265,15 @@ def evaluate_checkpoint(config, workdir: str, checkpoint: str | None = None,
   defs, abs_params, abs_stats = state_lib.model_defs(exp.factory)
   abstract = {"params": abs_params, "batch_stats": abs_stats}
   repl = shd.replicated(exp.mesh)
-  rules = config.get("sharding", {}).get("rules", ())
-  shardings = {"params": shd.tree_shardings(abs_params, exp.mesh, rules),
+  shardings = {"params": shd.strategy_shardings(abs_params, exp.mesh,
+                                                config.get("sharding")),
                "batch_stats": jax.tree.map(lambda _: repl, abs_stats)}
   directory = checkpoint or str(workdir / "checkpoints")
   params, step = ckpt.restore_params(
       directory, ckpt.abstract(abstract, shardings), step)
   eval_fn = compile_eval_step(exp, defs, shardings)
-  metrics = evaluate(exp, eval_fn, params["params"], params["batch_stats"])
+  metrics = evaluate(exp, eval_fn, params["params"], params["batch_stats"],
+                     make_boundary_eval(exp, defs, shardings))
   writer = writers.MetricWriter(workdir)
   writer.evaluation(step, metrics, filename="eval_metrics.jsonl")
   if jax.process_index() == 0:

@@ -1,10 +1,23 @@
 """Mesh, parameter sharding rules and global batches.
 
 One mesh over every device of every process with a ``data`` axis (and an
-optional ``model`` axis). Batches are sharded over ``data``; parameters follow
-regex rules on their paths (big_vision ``sharding_strategy`` style), default
-replicated. Host-local batches become global ``jax.Array``s at exactly one
-place, ``global_batch``.
+optional ``model`` axis). Batches are sharded over ``data`` only (a ``model``
+axis > 1 holds replicas of each data shard). Parameters, and the optimizer
+moments that mirror them, follow ``config.sharding.strategy`` (big_vision
+``sharding_strategy``, google-research/big_vision ``big_vision/sharding.py``):
+
+  replicate  every leaf on every device (default).
+  fsdp       ZeRO-3 style: the largest dim divisible by the ``data`` axis of
+             every leaf with >= ``min_size`` elements is split over ``data``;
+             XLA all-gathers it for the forward pass and reduce-scatters the
+             gradient. The spec depends only on the shape, so Adam's mu/nu get
+             the same spec as their parameter.
+  rules      ``config.sharding.rules``: (regex, spec) pairs on the path, first
+             match wins (``model`` usable for tensor parallelism); leaves no
+             rule matches are replicated.
+
+Host-local batches become global ``jax.Array``s at exactly one place,
+``global_batch``.
 """
 
 from __future__ import annotations
@@ -78,6 +91,54 @@ def tree_shardings(tree: PyTree, mesh: Mesh,
     return NamedSharding(mesh, P())
 
   return jax.tree_util.tree_map_with_path(one, tree)
+
+
+STRATEGIES = ("replicate", "fsdp", "rules")
+
+
+def fsdp_spec(shape: tuple[int, ...], mesh: Mesh, axis: str = "data",
+              min_size: int = 2 ** 14) -> P:
+  """Splits the largest dim divisible by the ``axis`` size (big_vision fsdp).
+
+  Ties go to the last such dim (the output dim of a kernel), so a Linear's
+  kernel and bias of the same width shard alike.
+  """
+  n = mesh.shape[axis]
+  if n == 1 or int(np.prod(shape, dtype=np.int64)) < min_size:
+    return P()
+  dims = [i for i, d in enumerate(shape) if d % n == 0]
+  if not dims:
+    return P()
+  best = max(dims, key=lambda i: (shape[i], i))
+  spec = [None] * len(shape)
+  spec[best] = axis
+  return P(*spec)
+
+
+def strategy_shardings(tree: PyTree, mesh: Mesh,
+                       cfg: Mapping[str, Any] | Sequence | None = None
+                       ) -> PyTree:
+  """NamedSharding per leaf from a ``config.sharding`` dict.
+
+  ``cfg`` may also be a bare rule table (the older ``rules=`` argument).
+  """
+  if cfg is None or not hasattr(cfg, "get"):
+    return tree_shardings(tree, mesh, tuple(cfg or ()))
+  strategy = cfg.get("strategy", "replicate")
+  rules = tuple(cfg.get("rules", ()) or ())
+  if strategy == "replicate" and rules:
+    strategy = "rules"   # Configs written before strategies existed.
+  if strategy == "replicate":
+    return jax.tree.map(lambda _: replicated(mesh), tree)
+  if strategy == "rules":
+    return tree_shardings(tree, mesh, rules)
+  if strategy == "fsdp":
+    min_size = int(cfg.get("min_size", 2 ** 14))
+    return jax.tree.map(
+        lambda x: NamedSharding(mesh, fsdp_spec(np.shape(x), mesh,
+                                                min_size=min_size)), tree)
+  raise ValueError(f"config.sharding.strategy={strategy!r}; expected one "
+                   f"of {STRATEGIES}.")
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

@@ -72,7 +72,11 @@ def model_defs(factory: Callable[[], nnx.Module]) -> tuple[ModelDef, PyTree,
 def init_state(factory: Callable[[], nnx.Module], tx: optax.GradientTransformation,
                weighting: Any, task_names: list[str], mesh: Mesh,
                rules=()) -> tuple[ModelDef, State, State]:
-  """Builds the sharded train state; returns (model defs, state, shardings)."""
+  """Builds the sharded train state; returns (model defs, state, shardings).
+
+  ``rules`` is ``config.sharding`` (strategy, rules, min_size) or a bare
+  (regex, spec) rule table.
+  """
   defs, abs_params, abs_stats = model_defs(factory)
 
   def init():
@@ -91,11 +95,11 @@ def init_state(factory: Callable[[], nnx.Module], tx: optax.GradientTransformati
 
 
 def state_shardings(abstract: State, mesh: Mesh, rules=()) -> State:
-  """Params and their optimizer moments follow the rules; the rest is
-  replicated. Optimizer moments mirror the params' paths, so one rule table
-  covers both."""
+  """Params and their optimizer moments follow the sharding config; the rest
+  is replicated. Optimizer moments mirror the params' paths (for ``rules``)
+  and shapes (for ``fsdp``), so each moment gets its parameter's spec."""
   out = {k: jax.tree.map(lambda _: shd.replicated(mesh), v)
          for k, v in abstract.items()}
-  out["params"] = shd.tree_shardings(abstract["params"], mesh, rules)
-  out["opt"] = shd.tree_shardings(abstract["opt"], mesh, rules)
+  out["params"] = shd.strategy_shardings(abstract["params"], mesh, rules)
+  out["opt"] = shd.strategy_shardings(abstract["opt"], mesh, rules)
   return out

@@ -49,8 +49,9 @@ class InvPT(nnx.Module):
 
   def __init__(self, tasks: Mapping[str, int], embed_dim: int, dim: int, *,
                num_heads: int, mlp_ratio: float, rngs: nnx.Rngs, dtype: Any,
-               bn_axis_name: str | None):
+               bn_axis_name: str | None, remat_policy: str | None = None):
     widths = (dim, dim // 2, dim // 4)
+    self.remat_policy = remat_policy
     kw = dict(rngs=rngs, dtype=dtype)
     self.tasks = tuple(tasks)
     self.mix_proj = nnx.Dict({
@@ -83,7 +84,11 @@ class InvPT(nnx.Module):
     score = None
     for s, stage in enumerate(self.invpt_stages):
       skip = skips[s - 1] if s else None
-      x, score = stage(x, score, skip, capture=capture)
+      if capture is None:   # Captured intermediates cannot leave a remat.
+        x, score = common.call_block(stage, self.remat_policy, x, score,
+                                     skip)
+      else:
+        x, score = stage(x, score, skip, capture=capture)
       if capture is not None and s:
         _put(capture, f"invpt/stage{s}/up_embed",
              capture.pop(f"invpt/stage{s}/up_embed"), self.tasks)
@@ -128,7 +133,8 @@ class InvPTDecoder(nnx.Module):
   def __init__(self, in_channels: tuple[int, ...],
                task_outputs: Mapping[str, int], *, stride: int, embed_dim: int,
                pred_out_constant: int, num_heads: int, mlp_ratio: float,
-               rngs: nnx.Rngs, dtype: Any, bn_axis_name: str | None):
+               rngs: nnx.Rngs, dtype: Any, bn_axis_name: str | None,
+               remat_policy: str | None = None):
     dim = embed_dim + pred_out_constant
     kw = dict(rngs=rngs, dtype=dtype)
     self.tasks = tuple(task_outputs)
@@ -146,7 +152,8 @@ class InvPTDecoder(nnx.Module):
     self.intermediate_head = nnx.Dict({
         t: common.conv(embed_dim, n, 1, **kw) for t, n in task_outputs.items()})
     self.invpt = InvPT(task_outputs, embed_dim, dim, num_heads=num_heads,
-                       mlp_ratio=mlp_ratio, bn_axis_name=bn_axis_name, **kw)
+                       mlp_ratio=mlp_ratio, bn_axis_name=bn_axis_name,
+                       remat_policy=remat_policy, **kw)
     self.heads = nnx.Dict({
         t: common.conv(dim, n, 1, **kw) for t, n in task_outputs.items()})
 
@@ -187,7 +194,8 @@ def build(*, encoder: nnx.Module, task_outputs: Mapping[str, int],
           img_size: tuple[int, int], rngs: nnx.Rngs, dtype: Any = jnp.float32,
           embed_dim: int = 512, pred_out_constant: int = 64,
           num_heads: int = 2, mlp_ratio: float = 4.0,
-          bn_axis_name: str | None = None) -> InvPTDecoder:
+          bn_axis_name: str | None = None, remat: str = "none",
+          remat_policy: str = "nothing_saveable") -> InvPTDecoder:
   """Builds the InvPT decoder for a stride-16 encoder with 4 taps.
 
   Args:
@@ -202,6 +210,8 @@ def build(*, encoder: nnx.Module, task_outputs: Mapping[str, int],
     num_heads: heads of every UP-Transformer stage.
     mlp_ratio: MLP expansion of every stage.
     bn_axis_name: mapped axis for cross-replica BatchNorm (SyncBatchNorm).
+    remat: "block" checkpoints each UP-Transformer stage (``remat_policy``).
+    remat_policy: a ``jax.checkpoint_policies`` member name.
   """
   if len(encoder.out_channels) != 4:
     raise ValueError("InvPT needs an encoder with 4 taps")
@@ -215,7 +225,8 @@ def build(*, encoder: nnx.Module, task_outputs: Mapping[str, int],
                       stride=strides[0],
                       embed_dim=embed_dim, pred_out_constant=pred_out_constant,
                       num_heads=num_heads, mlp_ratio=mlp_ratio, rngs=rngs,
-                      dtype=dtype, bn_axis_name=bn_axis_name)
+                      dtype=dtype, bn_axis_name=bn_axis_name,
+                      remat_policy=common.remat_policy(remat, remat_policy))
 
 
 # The reference's TASKS.NAMES order; its per-task ModuleLists follow it.

@@ -87,7 +87,7 @@ class ViT(nnx.Module):
   def __init__(self, *, img_size: tuple[int, int], width: int, depth: int,
                num_heads: int, mlp_ratio: float, patch_size: int,
                drop_path_rate: float, taps: Sequence[int], rngs: nnx.Rngs,
-               dtype: Any = jnp.float32):
+               dtype: Any = jnp.float32, remat_policy: str | None = None):
     h, w = img_size
     if h % patch_size or w % patch_size:
       raise ValueError(f"img_size {img_size} not divisible by {patch_size}")
@@ -97,6 +97,7 @@ class ViT(nnx.Module):
     self.out_channels = (width,) * (len(self.taps) + 1)
     self.out_strides = (patch_size,) * (len(self.taps) + 1)
     self.dtype = dtype
+    self.remat_policy = remat_policy   # None: no activation checkpointing.
     self.patch_embed = PatchEmbed(patch_size, width, rngs=rngs, dtype=dtype)
     n = self.grid[0] * self.grid[1]
     self.cls_token = nnx.Param(
@@ -123,7 +124,7 @@ class ViT(nnx.Module):
     x = jnp.concatenate([cls, x], axis=1) + self.pos_embed[...].astype(x.dtype)
     outs = []
     for i, blk in enumerate(self.blocks):
-      x = blk(x, rngs=rngs)
+      x = common.call_block(blk, self.remat_policy, x, rngs=rngs)
       if i + 1 in self.taps:
         outs.append(x[:, 1:].reshape(b, gh, gw, -1))
     x = self.norm(x)
@@ -137,11 +138,13 @@ def default_taps(depth: int) -> tuple[int, int, int]:
 
 
 def build(variant: str, *, img_size: tuple[int, int], rngs: nnx.Rngs,
-          dtype: Any = jnp.float32, **overrides) -> ViT:
+          dtype: Any = jnp.float32, remat: str = "none",
+          remat_policy: str = "nothing_saveable", **overrides) -> ViT:
   """Builds a ViT variant ("Ti/16", "S/16", "B/16", "L/16") with overrides.
 
   Overrides: width, depth, num_heads, mlp_ratio, patch_size, drop_path_rate,
   taps (3 ascending 1-based block indices; default [D/4, D/2, 3D/4]).
+  ``remat="block"`` checkpoints each block with ``remat_policy``.
   """
   if variant not in VARIANTS:
     raise KeyError(f"Unknown ViT variant {variant!r}; one of {list(VARIANTS)}")
@@ -157,7 +160,8 @@ def build(variant: str, *, img_size: tuple[int, int], rngs: nnx.Rngs,
     raise ValueError(f"taps must be 3 ascending block indices in "
                      f"[1, {cfg['depth']}], got {taps}")
   cfg["taps"] = taps
-  return ViT(img_size=tuple(img_size), rngs=rngs, dtype=dtype, **cfg)
+  return ViT(img_size=tuple(img_size), rngs=rngs, dtype=dtype,
+             remat_policy=common.remat_policy(remat, remat_policy), **cfg)
 
 
 # Parameters in timm checkpoints that this encoder has no use for.

@@ -43,6 +43,38 @@ def next_key(rngs: Any, stream: str = "dropout") -> jax.Array:
   return rngs
 
 
+REMAT_MODES = ("none", "block")
+
+
+def remat_policy(remat: str = "none",
+                 policy: str = "nothing_saveable") -> str | None:
+  """Validates ``config.model.remat``; the policy name to use, or None."""
+  if remat not in REMAT_MODES:
+    raise ValueError(f"config.model.remat={remat!r}; expected one of "
+                     f"{REMAT_MODES}.")
+  if remat == "none":
+    return None
+  if not hasattr(jax.checkpoint_policies, policy):
+    raise ValueError(f"config.model.remat_policy={policy!r} is not a "
+                     "jax.checkpoint_policies member (e.g. nothing_saveable, "
+                     "dots_saveable).")
+  return policy
+
+
+def call_block(block: nnx.Module, policy: str | None, *args, **kwargs):
+  """``block(*args, **kwargs)``, rematerialised in the backward pass when
+  ``policy`` names a ``jax.checkpoint_policies`` member.
+
+  Trades one recomputed forward of the block for not keeping its
+  activations (activation memory ~ 1 block instead of all of them).
+  """
+  if policy is None:
+    return block(*args, **kwargs)
+  fn = nnx.remat(lambda mod, a, kw: mod(*a, **kw),
+                 policy=getattr(jax.checkpoint_policies, policy))
+  return fn(block, args, kwargs)
+
+
 class DropPath(nnx.Module):
   """Stochastic depth per sample (timm ``DropPath``, ``scale_by_keep``).
 
