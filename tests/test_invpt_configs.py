@@ -107,6 +107,8 @@ def test_missing_dataset_names_the_archive(name, tmp_path):
   cfg.data.data_dir = str(tmp_path / "tfds")
   cfg.data.manual_dir = str(tmp_path / "manual")
   (tmp_path / "manual").mkdir()
+  # The suite runs on 8 fake devices; the batch must split over them.
+  cfg.train.batch_size = cfg.eval.batch_size = 8
   with pytest.raises(FileNotFoundError) as err:
     loop.setup(cfg)
   assert ARCHIVES[name] in str(err.value)

@@ -25,6 +25,11 @@ from tests.conftest import REPO
 
 # float32 sums over different device splits: ~1e-6 relative on 2 cores.
 RTOL = 1e-5
+# A gradient that is a sum over every pixel of the batch (e.g. a head bias),
+# with cancellation, keeps only ~1e-5 relative accuracy in float32 when the
+# summation order changes (measured 3.6e-5 on decoder/heads/normals/pred/
+# bias): Adam's moments are held to this.
+OPT_RTOL = 1e-4
 LR = 5e-4   # runlocal optim.lr, the largest first Adam update.
 # Adam's first update lr * g / (|g| + eps) turns the rounding noise of a
 # gradient entry near 0 (relative to its leaf) into up to lr; the gradients
@@ -98,10 +103,11 @@ def assert_same_step(got, want, what):
     name = shd.path_str(path)
     # Per-leaf scale: tiny entries of a leaf carry its largest entries'
     # absolute rounding error.
-    atol = RTOL * float(np.max(np.abs(y), initial=0.0)) + 1e-12
+    rtol = OPT_RTOL if name.startswith("opt/") else RTOL
+    atol = rtol * float(np.max(np.abs(y), initial=0.0)) + 1e-12
     if name.startswith("params/"):
       atol = PARAM_ATOL
-    np.testing.assert_allclose(x, y, rtol=RTOL, atol=atol,
+    np.testing.assert_allclose(x, y, rtol=rtol, atol=atol,
                                err_msg=f"{what}: {name}")
 
 
