@@ -26,7 +26,6 @@ the same process.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import pathlib
 import statistics
@@ -38,11 +37,9 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import jax  # pylint: disable=g-import-not-at-top
 import numpy as np
-import optax
 
 from mtdense_jax import config_check
 from mtdense_jax.train import loop
-from mtdense_jax.train import optim
 from mtdense_jax.train import sharding as shd
 from mtdense_jax.train import state as state_lib
 from mtdense_jax.train import step as step_lib
@@ -73,18 +70,7 @@ def make_experiment(cfg) -> loop.Experiment:
   """loop.setup without the dataset: the metadata comes from NUM_CLASSES."""
   meta = {"tasks": list(cfg.tasks),
           "num_classes": NUM_CLASSES[_config_file(cfg)]}
-  tasks = loop.build_tasks(cfg, meta)
-  outputs = {n: t.num_outputs for n, t in tasks.items()}
-  factory = state_lib.model_factory(cfg.model, outputs,
-                                    tuple(cfg.data.image_size), cfg.seed)
-  model_tx, schedule = optim.make_optimizer(cfg.optim)
-  # As loop.setup: weighting parameters get plain Adam on the schedule.
-  tx = optax.multi_transform(
-      {"model": model_tx, "weighting": optax.adam(schedule)},
-      lambda tree: {k: jax.tree.map(lambda _, k=k: k, v)
-                    for k, v in tree.items()})
-  return loop.Experiment(cfg, shd.make_mesh(cfg.mesh), tasks, factory, meta,
-                         loop.build_weighting(cfg), tx, schedule)
+  return loop.build_experiment(cfg, meta, shd.make_mesh(cfg.mesh))
 
 
 def _config_file(cfg) -> str:

@@ -8,7 +8,6 @@ loss weights, task order), not against numbers typed here.
 
 from __future__ import annotations
 
-import pathlib
 
 from flax import nnx
 import jax
@@ -18,12 +17,11 @@ import torch
 
 from mtdense_jax import config_check
 from mtdense_jax.convert import __main__ as convert_cli
-from mtdense_jax.train import checkpointing as ckpt
 from mtdense_jax.train import loop
-from mtdense_jax.train import sharding as shd
 from mtdense_jax.train import state as state_lib
 from mtdense_jax.weighting import fixed
 from tests import invpt_testing
+from tests import train_testing
 from tests.conftest import REPO
 
 CONFIGS = sorted(p.name for p in (REPO / "configs").glob("*.py"))
@@ -178,14 +176,8 @@ def test_converted_checkpoint_initialises_training(golden, tmp_path):
 
   cfg.init_checkpoint = str(out)
   loop.train_and_evaluate(cfg, str(tmp_path / "train"))
-  exp = loop.setup(cfg)
-  _, abs_params, abs_stats = state_lib.model_defs(exp.factory)
-  repl = shd.replicated(exp.mesh)
-  abstract = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl),
-      {"params": abs_params, "batch_stats": abs_stats})
-  trained, step = ckpt.restore_params(tmp_path / "train" / "checkpoints",
-                                      abstract)
+  trained, step = train_testing.restored_params(
+      tmp_path / "train" / "checkpoints", cfg)
   assert step == 1
   want = jax.tree.flatten_with_path(converted)[0]
   got = jax.tree.flatten_with_path(trained["params"])[0]

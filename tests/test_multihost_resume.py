@@ -21,10 +21,7 @@ import pytest
 
 from mtdense_jax import config_check
 from mtdense_jax.data import sources
-from mtdense_jax.train import checkpointing as ckpt
-from mtdense_jax.train import loop
-from mtdense_jax.train import sharding as shd
-from mtdense_jax.train import state as state_lib
+from tests import train_testing
 from tests.conftest import REPO
 
 STEPS = 16     # Long enough that the kill lands mid-run (~1 step/s here).
@@ -68,14 +65,7 @@ def _committed(workdir: pathlib.Path) -> list[int]:
 
 
 def _params(workdir, cfg):
-  exp = loop.setup(cfg)
-  _, abs_params, abs_stats = state_lib.model_defs(exp.factory)
-  repl = shd.replicated(exp.mesh)
-  abstract = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl),
-      {"params": abs_params, "batch_stats": abs_stats})
-  params, step = ckpt.restore_params(workdir / "checkpoints", abstract)
-  return jax.tree.map(np.asarray, params), step
+  return train_testing.restored_params(workdir / "checkpoints", cfg)
 
 
 @pytest.mark.slow

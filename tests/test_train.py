@@ -13,8 +13,6 @@ import pytest
 from mtdense_jax import config_check
 from mtdense_jax.train import checkpointing as ckpt
 from mtdense_jax.train import loop
-from mtdense_jax.train import sharding as shd
-from mtdense_jax.train import state as state_lib
 from tests import train_testing
 from tests.conftest import REPO
 
@@ -35,14 +33,7 @@ def data_dir(tmp_path_factory):
 
 
 def _params(workdir, cfg, step=None):
-  exp = loop.setup(cfg)
-  _, abs_params, abs_stats = state_lib.model_defs(exp.factory)
-  repl = shd.replicated(exp.mesh)
-  abstract = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl),
-      {"params": abs_params, "batch_stats": abs_stats})
-  params, got = ckpt.restore_params(workdir / "checkpoints", abstract, step)
-  return jax.tree.map(np.asarray, params), got
+  return train_testing.restored_params(workdir / "checkpoints", cfg, step)
 
 
 def test_train_eval_checkpoint_and_resume(data_dir, tmp_path, capsys):

@@ -4,8 +4,10 @@ outside the full loop."""
 from __future__ import annotations
 
 import jax
+import numpy as np
 
 from mtdense_jax.data import pipeline
+from mtdense_jax.train import checkpointing as ckpt
 from mtdense_jax.train import loop
 from mtdense_jax.train import sharding as shd
 from mtdense_jax.train import state as state_lib
@@ -31,3 +33,16 @@ def run_steps(cfg, n: int = 1, devices=None) -> tuple[list[dict], dict]:
     state, metrics, acc = fn(state, shd.global_batch(next(it), exp.mesh), acc)
     history.append({k: float(v) for k, v in jax.device_get(metrics).items()})
   return history, state
+
+
+def restored_params(directory, cfg, step=None, exp=None):
+  """(host params {"params", "batch_stats"}, step) of a checkpoints dir,
+  restored params-only (as --mode eval does), replicated."""
+  exp = exp or loop.setup(cfg)
+  _, abs_params, abs_stats = state_lib.model_defs(exp.factory)
+  repl = shd.replicated(exp.mesh)
+  abstract = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl),
+      {"params": abs_params, "batch_stats": abs_stats})
+  params, got = ckpt.restore_params(directory, abstract, step)
+  return jax.tree.map(np.asarray, params), got

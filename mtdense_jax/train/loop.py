@@ -15,7 +15,6 @@ import math
 import pathlib
 from typing import Any, Mapping
 
-from absl import logging
 import jax
 from jax.experimental import multihost_utils
 import optax
@@ -85,7 +84,13 @@ def setup(config, devices=None) -> Experiment:
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices("mtdense_jax:data_prepared")
     sources.prepare(builder)
-  meta = sources.dataset_meta(builder)
+  return build_experiment(config, sources.dataset_meta(builder), mesh)
+
+
+def build_experiment(config, meta: Mapping[str, Any],
+                     mesh: Mesh) -> Experiment:
+  """Everything but the data: tasks sized from `meta`, model factory,
+  optimizer, weighting. Benchmarks call it with metadata of their own."""
   tasks = build_tasks(config, meta)
   outputs = {n: t.num_outputs for n, t in tasks.items()}
   factory = state_lib.model_factory(config.model, outputs,
@@ -97,7 +102,7 @@ def setup(config, devices=None) -> Experiment:
       {"model": model_tx, "weighting": optax.adam(schedule)},
       lambda tree: {k: jax.tree.map(lambda _, k=k: k, v)
                     for k, v in tree.items()})
-  return Experiment(config, mesh, tasks, factory, meta,
+  return Experiment(config, mesh, tasks, factory, dict(meta),
                     build_weighting(config), tx, schedule)
 
 
