@@ -7,6 +7,7 @@ folder and prints examples per second (archive writing is not timed).
 
   python benchmarks/build_dataset.py --dataset nyud_v2 --num 40
   python benchmarks/build_dataset.py --dataset pascal_context --input folder
+  python benchmarks/build_dataset.py --maps noise     # zlib worst case
 """
 
 from __future__ import annotations
@@ -32,20 +33,24 @@ _SPECS = {
 }
 
 
-def _write(name: str, root: pathlib.Path, num: int, hw) -> None:
+def _write(name: str, root: pathlib.Path, num: int, hw,
+           smooth: bool) -> None:
   n_val = max(1, num // 4)
   train = [f"{i:06d}" for i in range(num - n_val)]
   val = [f"{i:06d}" for i in range(num - n_val, num)]
   if name == "nyud_v2":
-    fa.write_nyud(root, train=train, val=val, hw=hw, layout="atrc")
+    fa.write_nyud(root, train=train, val=val, hw=hw, layout="atrc",
+                  smooth=smooth)
   else:
-    fa.write_pascal(root, train=train, val=val, hw=hw, voc=train[::2])
+    fa.write_pascal(root, train=train, val=val, hw=hw, voc=train[::2],
+                    smooth=smooth)
 
 
-def run(name: str, num: int, source: str, work: pathlib.Path) -> float:
+def run(name: str, num: int, source: str, work: pathlib.Path,
+        smooth: bool = True) -> float:
   module, folder, archive, hw = _SPECS[name]
   src = work / "src"
-  _write(name, src, num, hw)
+  _write(name, src, num, hw, smooth)
   manual = src
   if source == "tarball":
     manual = pathlib.Path(fa.make_tarball(src / folder, work / archive))
@@ -56,7 +61,8 @@ def run(name: str, num: int, source: str, work: pathlib.Path) -> float:
   dt = time.perf_counter() - t0
   n = sum(s.num_examples for s in builder.info.splits.values())
   rate = n / dt
-  print(f"{name} ({source}, {hw[0]}x{hw[1]}, {n} examples): "
+  print(f"{name} ({source}, {'smooth' if smooth else 'noise'} maps, "
+        f"{hw[0]}x{hw[1]}, {n} examples): "
         f"{dt:.2f} s, {rate:.1f} examples/s")
   return rate
 
@@ -66,12 +72,17 @@ def main() -> None:
   p.add_argument("--dataset", choices=[*_SPECS, "both"], default="both")
   p.add_argument("--num", type=int, default=40, help="images per dataset")
   p.add_argument("--input", choices=["tarball", "folder"], default="tarball")
+  p.add_argument("--maps", choices=["smooth", "noise"], default="smooth",
+                 help="content of the fake normals/saliency maps: smooth "
+                 "regions like the real distilled maps, or per-pixel noise "
+                 "(a worst case for zlib, which dominates preparation)")
   args = p.parse_args()
   logging.basicConfig(level=logging.WARNING)
   names = list(_SPECS) if args.dataset == "both" else [args.dataset]
   for name in names:
     with tempfile.TemporaryDirectory() as tmp:
-      run(name, args.num, args.input, pathlib.Path(tmp))
+      run(name, args.num, args.input, pathlib.Path(tmp),
+          smooth=args.maps == "smooth")
 
 
 if __name__ == "__main__":
