@@ -26,6 +26,7 @@ the same process.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import pathlib
 import statistics
@@ -112,7 +113,7 @@ def _peak_memory() -> float | None:
 
 
 def measure(cfg, label: str, steps: int, warmup: int,
-            peak_tflops: float | None) -> dict[str, Any]:
+            peak_tflops: float | None, profile_dir: str = "") -> dict[str, Any]:
   """Compiles the real train step and times `steps` steps after `warmup`."""
   exp = make_experiment(cfg)
   hw, batch = tuple(cfg.data.image_size), cfg.train.batch_size
@@ -128,11 +129,16 @@ def measure(cfg, label: str, steps: int, warmup: int,
     state, metrics, acc = compiled(state, data, acc)
   jax.block_until_ready(metrics if warmup else state)
   times = []
-  for _ in range(steps):
-    start = time.perf_counter()
-    state, metrics, acc = compiled(state, data, acc)
-    jax.block_until_ready(metrics)
-    times.append(time.perf_counter() - start)
+  # A jax.profiler trace of the timed steps (TensorBoard/Perfetto), on request.
+  trace = (jax.profiler.trace(f"{profile_dir}/{label}_{hw[0]}x{hw[1]}")
+           if profile_dir else contextlib.nullcontext())
+  with trace:
+    for i in range(steps):
+      start = time.perf_counter()
+      with jax.profiler.StepTraceAnnotation("train", step_num=i):
+        state, metrics, acc = compiled(state, data, acc)
+        jax.block_until_ready(metrics)
+      times.append(time.perf_counter() - start)
   step_s = statistics.median(times)
   flops = _flops(compiled)
   n_dev = exp.mesh.devices.size
@@ -185,6 +191,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--peak_tflops", type=float, default=None,
                  help="device peak TFLOP/s for MFU (H100 bf16: 989)")
   p.add_argument("--out", default="", help="write the rows as JSON here")
+  p.add_argument("--profile", default="",
+                 help="write a jax.profiler trace of the timed steps here")
   return p.parse_args(argv)
 
 
@@ -200,7 +208,7 @@ def main(argv=None) -> int:
     for config_file, hw in shapes:
       cfg = make_config(backbone, config_file, hw, args.batch, args.dtype)
       rows.append(measure(cfg, backbone, args.steps, args.warmup,
-                          args.peak_tflops))
+                          args.peak_tflops, args.profile))
       print(table(rows[-1:]).splitlines()[-1] if len(rows) > 1 else
             table(rows), flush=True)
   print(f"\n{jax.default_backend()} ({jax.devices()[0].device_kind}), "
