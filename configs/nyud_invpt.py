@@ -18,8 +18,8 @@ put it. Start from converted ImageNet ViT weights (``init=``):
 
 Expected (paper, ViT-L, validation after 40k steps; the table in the
 reference InvPT/README.md): semseg mIoU 53.56,
-depth RMSE 0.5183, normals mean error 19.04, edge odsF 78.10 (odsF needs
-the external SEISM tool; the built-in edge metric is the loss proxy).
+depth RMSE 0.5183, normals mean error 19.04, edge odsF 78.10 (odsF with
+--config.eval.boundary.enabled=True; the default edge metric is the loss).
 
 Args (``configs/nyud_invpt.py:arg=value,...``):
   backbone: S, B or L (ViT-S/16, B/16, L/16).

@@ -20,7 +20,7 @@ where to put it.
 Expected (paper, ViT-L, validation after 40k steps; the table in the
 reference InvPT/README.md): semseg mIoU 79.03,
 human parts mIoU 67.61, saliency maxF 84.81, normals mean error 14.15,
-edge odsF 73.00 (odsF needs the external SEISM tool).
+edge odsF 73.00 (with --config.eval.boundary.enabled=True).
 
 Args (``configs/pascal_invpt.py:arg=value,...``):
   backbone: S, B or L (ViT-S/16, B/16, L/16).
@@ -31,7 +31,6 @@ Args (``configs/pascal_invpt.py:arg=value,...``):
 
 from __future__ import annotations
 
-import importlib.util
 import pathlib
 
 import ml_collections as mlc
@@ -39,18 +38,9 @@ import ml_collections as mlc
 from mtdense_jax import config_defaults as common
 
 
-def _nyud_module():
-  """configs/ is not a package: load the sibling file by path."""
-  path = pathlib.Path(__file__).with_name("nyud_invpt.py")
-  spec = importlib.util.spec_from_file_location("_nyud_invpt", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
 def get_config(arg: str | None = None) -> mlc.ConfigDict:
   arg = common.parse_arg(arg, backbone="L", init="", runlocal=False)
-  nyud = _nyud_module()
+  nyud = common.load_module(pathlib.Path(__file__).with_name("nyud_invpt.py"))
   c = common.base_config()
   # The reference TASKS.NAMES order (the converter relies on it).
   c.tasks = ("semseg", "human_parts", "sal", "normals", "edge")

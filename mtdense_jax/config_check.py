@@ -11,7 +11,6 @@ ml_collections reports an unknown ``--config.a.b=v`` override as a bare
 from __future__ import annotations
 
 import difflib
-import importlib.util
 import sys
 from typing import Any, Callable, Sequence
 
@@ -63,12 +62,8 @@ def validate(config: mlc.ConfigDict) -> None:
 def load_config_file(spec: str) -> mlc.ConfigDict:
   """'path/to/cfg.py[:arg]' -> get_config(arg), with a clear error."""
   path, _, arg = spec.partition(":")
-  mod_spec = importlib.util.spec_from_file_location("_mtdense_cfg", path)
-  if mod_spec is None:
-    raise ConfigError(f"--config {path}: no such config file.")
-  module = importlib.util.module_from_spec(mod_spec)
   try:
-    mod_spec.loader.exec_module(module)
+    module = config_defaults.load_module(path)
     return module.get_config(arg or None)
   except FileNotFoundError as e:
     raise ConfigError(f"--config {path}: no such config file.") from e

@@ -9,9 +9,24 @@ rejects unknown keys (big_vision's ``bvcc.parse_arg``).
 
 from __future__ import annotations
 
+import importlib.util
+import pathlib
+import types
 from typing import Any
 
 import ml_collections as mlc
+
+
+def load_module(path: str | pathlib.Path) -> types.ModuleType:
+  """Imports a config file by path (configs/ is not a package): used by the
+  launcher and by configs that build on a sibling config."""
+  spec = importlib.util.spec_from_file_location(
+      f"_mtdense_cfg_{pathlib.Path(path).stem}", path)
+  if spec is None:
+    raise FileNotFoundError(path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
 
 
 def parse_arg(arg: str | None, **defaults: Any) -> mlc.ConfigDict:
