@@ -5,6 +5,10 @@ A task is the module ``mtdense_jax.tasks.<name>``, a weighting scheme
 <name>``, a decoder ``mtdense_jax.models.decoders.<name>`` and a dataset
 builder ``data_builders.<name>``. Adding one is adding one file (or folder);
 nothing here changes.
+
+A dotted name (``"my_project.tasks.height"``, ``"tests.toy_task"``) is imported
+as given, so plugins may also live outside this package (research code, test
+plugins) and need no file here at all.
 """
 
 from __future__ import annotations
@@ -51,9 +55,26 @@ def lookup(kind: str, name: str) -> types.ModuleType:
   """Imports the plugin module `name` of `kind`, with a helpful error."""
   if kind not in _PACKAGES:
     raise KeyError(f"Unknown plugin kind {kind!r}; one of {sorted(_PACKAGES)}")
+  if "." in name:
+    return _import_external(kind, name)
   names = available(kind)
   if name not in names:
     raise KeyError(
         f"Unknown {kind} {name!r}. Available {kind}s: {', '.join(names)}. "
         f"Add one as {_PACKAGES[kind].replace('.', '/')}/{name}.py.")
   return importlib.import_module(f"{_PACKAGES[kind]}.{name}")
+
+
+def _import_external(kind: str, name: str) -> types.ModuleType:
+  """A plugin given by its full module path, checked for its entry point."""
+  try:
+    module = importlib.import_module(name)
+  except ModuleNotFoundError as e:
+    if e.name and name.startswith(e.name):
+      raise KeyError(f"Unknown {kind} {name!r}: no module {e.name!r} on the "
+                     "Python path.") from None
+    raise
+  if not hasattr(module, _ENTRY_POINT[kind]):
+    raise KeyError(f"{kind} plugin {name!r} defines no "
+                   f"{_ENTRY_POINT[kind]!r}.")
+  return module

@@ -50,3 +50,11 @@ def test_unknown_names_are_clear():
     registry.lookup("task", "semseg2")
   with pytest.raises(KeyError, match="Unknown decoder 'nope'"):
     registry.lookup("decoder", "nope")
+
+
+def test_dotted_names_import_external_plugins():
+  assert registry.lookup("weighting", "mtdense_jax.weighting.fixed").Weighting
+  with pytest.raises(KeyError, match="no module 'nowhere'"):
+    registry.lookup("task", "nowhere.height")
+  with pytest.raises(KeyError, match="defines no 'Task'"):
+    registry.lookup("task", "mtdense_jax.tasks.common")
