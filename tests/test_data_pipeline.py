@@ -9,8 +9,11 @@ import pytest
 
 from mtdense_jax.data import pipeline
 from mtdense_jax.data import sources
+from mtdense_jax.tasks import base
 
-TASKS = ("semseg", "depth", "normals")
+TASKS = base.build_all(("semseg", "depth", "normals"),
+                       num_classes={"semseg": 7})
+NAMES = tuple(t.name for t in TASKS)
 N = 7
 
 
@@ -65,7 +68,7 @@ def _assert_batches_equal(a, b):
 
 def test_train_batch_format():
   batch = next(iter(_train()))
-  assert set(batch) == {"image", "valid", *TASKS}
+  assert set(batch) == {"image", "valid", *NAMES}
   assert batch["image"].shape == (4, 12, 16, 3)
   assert batch["image"].dtype == np.float32
   assert batch["semseg"].shape == (4, 12, 16, 1)

@@ -6,9 +6,15 @@ import numpy as np
 import pytest
 
 from mtdense_jax.data import transforms as T
+from mtdense_jax.tasks import base
 
 H, W, BLOCK = 32, 48, 8
-TASKS = ("semseg", "depth", "normals", "human_parts", "edge", "sal")
+NAMES = ("semseg", "depth", "normals", "human_parts", "edge", "sal")
+TASKS = base.build_all(NAMES, num_classes={"semseg": 24, "human_parts": 7})
+
+
+def _tasks(*names):
+  return tuple(t for t in TASKS if t.name in names)
 
 
 def _colour(bid):
@@ -53,10 +59,10 @@ def _uniform_3x3(a):
 def _geometric(ex, seed, scale_range, size, flip_p):
   rng = np.random.default_rng(seed)
   ex = T.SelectTasks(TASKS).map(ex)
-  ex = T.RandomScale(scale_range).random_map(ex, rng)
-  ex = T.RandomCrop(size).random_map(ex, rng)
-  ex = T.RandomHorizontalFlip(flip_p).random_map(ex, rng)
-  return T.Pad(size).map(ex)
+  ex = T.RandomScale(TASKS, scale_range).random_map(ex, rng)
+  ex = T.RandomCrop(TASKS, size).random_map(ex, rng)
+  ex = T.RandomHorizontalFlip(TASKS, flip_p).random_map(ex, rng)
+  return T.Pad(TASKS, size).map(ex)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
@@ -66,7 +72,7 @@ def test_scale_crop_flip_keep_every_task_aligned(seed, flip_p):
   out = _geometric(_block_example(), seed, (0.5, 2.0), size, flip_p)
   factor = np.random.default_rng(seed).uniform(0.5, 2.0)  # first draw
   assert out["image"].shape == size + (3,)
-  for t in TASKS:
+  for t in NAMES:
     assert out[t].shape[:2] == size
   pad = out["semseg"][..., 0] == 255
   bid = out["semseg"][..., 0].astype(np.int64)
@@ -124,9 +130,9 @@ def test_crop_and_flip_without_scaling_are_exact(flip_p):
 def test_flip_twice_is_identity_and_negates_normal_x():
   ex = T.SelectTasks(TASKS).map(_block_example())
   ex["normals"][:3, :5] = 255  # ignored pixels
-  once = T.hflip(ex)
-  twice = T.hflip(once)
-  for k in ("image",) + TASKS:
+  once = T.hflip(ex, TASKS)
+  twice = T.hflip(once, TASKS)
+  for k in ("image",) + NAMES:
     np.testing.assert_array_equal(twice[k], ex[k])
   n, n1 = ex["normals"], once["normals"]
   np.testing.assert_array_equal(n1[..., 0], np.where(
@@ -141,7 +147,8 @@ def test_depth_divided_by_scale_factor_ignore_kept(seed):
   depth[:4] = 0.0
   depth[-4:] = 255.0
   ex = {"image": np.zeros((H, W, 3), np.float32), "depth": depth}
-  out = T.RandomScale((0.5, 2.0)).random_map(ex, np.random.default_rng(seed))
+  out = T.RandomScale(_tasks("depth"), (0.5, 2.0)).random_map(
+      ex, np.random.default_rng(seed))
   factor = np.random.default_rng(seed).uniform(0.5, 2.0)
   assert out["depth"].shape == (int(H * factor), int(W * factor), 1)
   vals = np.unique(out["depth"])
@@ -157,7 +164,8 @@ def test_add_ignore_regions_rules():
   parts_none = np.array([[0, 255], [0, 0]], np.uint8)[..., None]
   ex = {"image": np.zeros((2, 2, 3), np.float32), "depth": depth,
         "normals": normals, "human_parts": parts_none}
-  out = T.AddIgnoreRegions().map(ex)
+  ignore = T.AddIgnoreRegions(_tasks("depth", "normals", "human_parts"))
+  out = ignore.map(ex)
   np.testing.assert_array_equal(out["depth"][..., 0], [[255, 1.5], [3, 255]])
   np.testing.assert_array_equal(out["normals"][0, 0], [255] * 3)
   np.testing.assert_array_equal(out["normals"][1, 1], [255] * 3)
@@ -167,21 +175,21 @@ def test_add_ignore_regions_rules():
   assert out["human_parts"].dtype == np.uint8
   parts = parts_none.copy()
   parts[1, 1] = 3
-  kept = T.AddIgnoreRegions().map({**ex, "human_parts": parts})
+  kept = ignore.map({**ex, "human_parts": parts})
   np.testing.assert_array_equal(kept["human_parts"], parts)
 
 
 def test_pad_is_centred_and_rejects_larger_images():
   ex = {"image": np.ones((3, 4, 3), np.float32),
         "semseg": np.zeros((3, 4, 1), np.uint8)}
-  out = T.Pad((6, 8)).map(ex)
+  out = T.Pad(_tasks("semseg"), (6, 8)).map(ex)
   assert out["image"].shape == (6, 8, 3)
   img = np.zeros((6, 8, 3), np.float32)
   img[1:4, 2:6] = 1
   np.testing.assert_array_equal(out["image"], img)
   np.testing.assert_array_equal(out["semseg"][..., 0] == 255, img[..., 0] == 0)
   with pytest.raises(ValueError, match="data.image_size"):
-    T.Pad((2, 8)).map(ex)
+    T.Pad(_tasks("semseg"), (2, 8)).map(ex)
 
 
 def _crop_ok(seg):
@@ -197,7 +205,7 @@ def test_cat_max_ratio_redraws_crops():
   ex = {"image": np.zeros((16, 48, 3), np.float32), "semseg": seg}
   rates = {}
   for ratio in (0.75, 1.0):
-    crop = T.RandomCrop((16, 16), ratio)
+    crop = T.RandomCrop(_tasks("semseg"), (16, 16), ratio)
     ok = [_crop_ok(crop.random_map(ex, np.random.default_rng(s))["semseg"])
           for s in range(40)]
     rates[ratio] = np.mean(ok)
@@ -215,7 +223,7 @@ def test_photometric_changes_only_the_image_deterministically():
   for o in outs:
     assert o["image"].dtype == np.float32
     assert o["image"].min() >= 0 and o["image"].max() <= 255
-    for t in TASKS:
+    for t in NAMES:
       np.testing.assert_array_equal(o[t], ex[t])
 
 
@@ -229,7 +237,7 @@ def test_normalize_matches_imagenet_statistics():
 
 
 def test_select_tasks_drops_extras_and_reports_missing():
-  out = T.SelectTasks(("semseg", "depth")).map(_block_example())
+  out = T.SelectTasks(_tasks("semseg", "depth")).map(_block_example())
   assert set(out) == {"image", "semseg", "depth"}
   with pytest.raises(KeyError, match="human_parts"):
-    T.SelectTasks(("human_parts",)).map({"image": np.zeros((2, 2, 3))})
+    T.SelectTasks(_tasks("human_parts")).map({"image": np.zeros((2, 2, 3))})

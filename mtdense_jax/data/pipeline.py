@@ -1,10 +1,15 @@
 """grain input pipelines: infinite shuffled train batches, padded eval passes.
 
 Batches are process-local dicts of numpy arrays (CONTRACT.md): ``image``
-float32 (b, H, W, 3) ImageNet-normalised, one key per task (b, H, W, C) in the
-task's label dtype with 255 = ignore, and ``valid`` bool (b,), where
+float32 (b, H, W, 3) ImageNet-normalised, one key per task (b, H, W, C), the
+task's name, in its label dtype with its fill value (255 unless a task option
+changes it) = ignore, and ``valid`` bool (b,), where
 b = global_batch_size // jax.process_count(). Augmentation: see transforms.py
 (the InvPT recipe).
+
+``tasks`` arguments take the Task objects (what training passes, with the
+config's task options) or plugin names, which are built with default options
+and the dataset's num_classes. The pipeline only loops over them.
 
 Fields read from the ``data`` ConfigDict:
   name: dataset plugin, the package data_builders/<name>/.
@@ -18,7 +23,8 @@ Fields read from the ``data`` ConfigDict:
   scale_range: (lo, hi) of the random rescale factor, (0.5, 2.0); (1, 1) = off.
   flip: random horizontal flips (True).
   photometric: photometric distortion (True).
-  cat_max_ratio: InvPT crop re-draw threshold on semseg (0.75); 1 = off.
+  cat_max_ratio: InvPT crop re-draw threshold (0.75) on the first task that
+    `balances_crop`; 1 = off.
   worker_count: grain worker processes for training (0 = in-process threads).
     Batches depend on it: keep it fixed to reproduce or resume a run.
   prefetch: batches buffered ahead (2).
@@ -36,7 +42,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence, Union
 
 import grain
 import jax
@@ -44,6 +50,10 @@ import numpy as np
 
 from mtdense_jax.data import sources
 from mtdense_jax.data import transforms as T
+from mtdense_jax.tasks import base as task_base
+
+TaskArg = Union[Sequence[Union[str, task_base.Task]],
+                Mapping[str, task_base.Task]]
 
 
 def _process(process_index: int | None,
@@ -72,9 +82,34 @@ def _size(data_cfg: Any) -> tuple[int, int]:
   return int(h), int(w)
 
 
+def resolve_tasks(tasks: TaskArg, data_cfg: Any = None
+                  ) -> tuple[task_base.Task, ...]:
+  """Task objects as given, or built from names (default options).
+
+  Names need the dataset's num_classes: taken from data_cfg's builder.
+  """
+  items = list(tasks.values()) if isinstance(tasks, Mapping) else list(tasks)
+  num_classes = None
+  if not all(isinstance(t, task_base.Task) for t in items):
+    if data_cfg is None or not data_cfg.get("name"):
+      raise ValueError("Task names need a data config naming the dataset "
+                       "(for num_classes); pass Task objects instead.")
+    meta = sources.dataset_meta(sources.get_builder(data_cfg))
+    num_classes = meta["num_classes"]
+  return task_base.build_all(items, num_classes=num_classes)
+
+
+def task_names(tasks: TaskArg) -> list[str]:
+  """The batch keys of `tasks` (a dotted plugin entry is resolved)."""
+  items = list(tasks.values()) if isinstance(tasks, Mapping) else list(tasks)
+  return [t.name if isinstance(t, task_base.Task)
+          else task_base.task_class(t).name if "." in t else t
+          for t in items]
+
+
 def train_dataset(
     source: Sequence[dict[str, Any]],
-    task_names: Sequence[str],
+    tasks: TaskArg,
     data_cfg: Any,
     *,
     global_batch_size: int,
@@ -86,7 +121,7 @@ def train_dataset(
   """The infinite augmented train stream over any random-access `source`."""
   pi, pc = _process(process_index, process_count)
   local = _local_batch_size(global_batch_size, pc)
-  tasks = tuple(task_names)
+  tasks = resolve_tasks(tasks, data_cfg)
   size = _size(data_cfg)
   # Distinct per-process streams, reproducible from `seed` alone.
   pseed = int(np.random.SeedSequence([seed, pi]).generate_state(1)[0])
@@ -96,15 +131,16 @@ def train_dataset(
   ds = ds.map(T.SelectTasks(tasks)).seed(pseed).shuffle().repeat()
   lo, hi = data_cfg.get("scale_range", (0.5, 2.0))
   if (lo, hi) != (1.0, 1.0):
-    ds = ds.random_map(T.RandomScale((float(lo), float(hi))))
+    ds = ds.random_map(T.RandomScale(tasks, (float(lo), float(hi))))
   ratio = float(data_cfg.get("cat_max_ratio", 0.75))
-  ds = ds.random_map(T.RandomCrop(size, ratio if "semseg" in tasks else 1.0))
+  ds = ds.random_map(T.RandomCrop(tasks, size, ratio))
   if data_cfg.get("flip", True):
-    ds = ds.random_map(T.RandomHorizontalFlip())
+    ds = ds.random_map(T.RandomHorizontalFlip(tasks))
   if data_cfg.get("photometric", True):
     ds = ds.random_map(T.PhotometricDistortion())
-  ds = ds.map(T.Normalize()).map(T.Pad(size)).map(T.AddIgnoreRegions())
-  ds = ds.map(T.BlankInvalid()).batch(local, drop_remainder=True)
+  ds = ds.map(T.Normalize()).map(T.Pad(tasks, size))
+  ds = ds.map(T.AddIgnoreRegions(tasks)).map(T.BlankInvalid(tasks))
+  ds = ds.batch(local, drop_remainder=True)
   it_ds = ds.to_iter_dataset(_read_options(data_cfg))
   workers = data_cfg.get("worker_count", 0) if worker_count is None else (
       worker_count)
@@ -131,7 +167,7 @@ class EvalData:
 
 def eval_dataset(
     source: Sequence[dict[str, Any]],
-    task_names: Sequence[str],
+    tasks: TaskArg,
     data_cfg: Any,
     *,
     global_batch_size: int,
@@ -145,22 +181,23 @@ def eval_dataset(
   if n == 0:
     raise ValueError("Cannot evaluate on an empty split.")
   total = math.ceil(n / global_batch_size) * global_batch_size
-  ds = grain.MapDataset.source(source).map(T.SelectTasks(tuple(task_names)))
+  tasks = resolve_tasks(tasks, data_cfg)
+  ds = grain.MapDataset.source(source).map(T.SelectTasks(tasks))
   if total > n:
     # Padding slots re-read real records (right shapes), blanked below.
     ds = ds.repeat(math.ceil(total / n))[:total]
   ds = ds.map_with_index(T.MarkValid(n))
   if pc > 1:
     ds = ds[pi::pc]
-  ds = ds.map(T.Normalize()).map(T.Pad(_size(data_cfg)))
-  ds = ds.map(T.AddIgnoreRegions()).map(T.BlankInvalid())
+  ds = ds.map(T.Normalize()).map(T.Pad(tasks, _size(data_cfg)))
+  ds = ds.map(T.AddIgnoreRegions(tasks)).map(T.BlankInvalid(tasks))
   ds = ds.batch(local, drop_remainder=True)
   return EvalData(ds, _read_options(data_cfg), n)
 
 
 def make_train_iter(
     data_cfg: Any,
-    task_names: Sequence[str],
+    tasks: TaskArg,
     *,
     global_batch_size: int,
     seed: int,
@@ -170,16 +207,16 @@ def make_train_iter(
 
   Save/restore it with orbax via grain.checkpoint.CheckpointSave/Restore.
   """
-  source = sources.load(data_cfg, task_names,
+  source = sources.load(data_cfg, task_names(tasks),
                         data_cfg.get("train_split", "train"))
   return iter(train_dataset(
-      source, task_names, data_cfg, global_batch_size=global_batch_size,
+      source, tasks, data_cfg, global_batch_size=global_batch_size,
       seed=seed, worker_count=worker_count))
 
 
 def make_eval_iter(
     data_cfg: Any,
-    task_names: Sequence[str],
+    tasks: TaskArg,
     *,
     split: str | None = None,
     global_batch_size: int,
@@ -189,8 +226,8 @@ def make_eval_iter(
   Iterate it again for the next evaluation; len() is the batch count.
   """
   split = split or data_cfg.get("eval_split", "validation")
-  source = sources.load(data_cfg, task_names, split)
-  return eval_dataset(source, task_names, data_cfg,
+  source = sources.load(data_cfg, task_names(tasks), split)
+  return eval_dataset(source, tasks, data_cfg,
                       global_batch_size=global_batch_size)
 
 

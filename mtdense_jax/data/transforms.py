@@ -7,46 +7,37 @@ RandomCrop (cat_max_ratio 0.75) -> RandomHorizontalFlip -> PhotoMetricDistortion
 PadImage -> AddIgnoreRegions (pad only, never crop or resize).
 
 An example is a dict of numpy arrays: ``image`` (H, W, 3) plus one label per
-configured task (H, W, C), optionally ``valid`` (a bool scalar). Every geometric
-transform treats every key except ``image``/``valid`` as a label, so all tasks
-move together. Deviations from the reference, both output-equivalent: labels
-are padded with 255 directly (the reference pads depth/normals with 0 and then
-turns 0 into 255), and the transforms keep an existing 255 (ignore) intact, so
-their order may change. Random transforms are `grain.transforms.RandomMap`s
-drawing only from the per-record rng grain passes in, so a pipeline is
-deterministic given its seed. All classes are module-level so they pickle into
-grain worker processes.
+configured task (H, W, C), optionally ``valid`` (a bool scalar). Every
+transform gets the configured Task objects and loops over them: what a label
+is (channels, dtype, fill value, how it resizes, flips and scales, which
+ignore regions it gets) is the Task's (tasks/base.py label hooks), so all
+tasks move together and nothing here names one. Deviations from the
+reference, both output-equivalent: labels are padded with their fill value
+directly (the reference pads some with 0 and then turns 0 into the ignore
+value), and the transforms keep an existing fill (ignore) intact, so their
+order may change. Random transforms are `grain.transforms.RandomMap`s drawing
+only from the per-record rng grain passes in, so a pipeline is deterministic
+given its seed. All classes are module-level and hold picklable Tasks, so
+they pickle into grain worker processes.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Sequence
 
 import cv2
 import grain
 import numpy as np
 
-IGNORE = 255
-NOT_LABELS = frozenset({"image", "valid"})
+from mtdense_jax.tasks import base
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-# Channels and dtype of each known task's label as the pipeline delivers it
-# (mirrors Task.label_channels / label_dtype of mtdense_jax/tasks/<name>.py).
-LABEL_SPECS = {
-    "semseg": (1, np.uint8),
-    "human_parts": (1, np.uint8),
-    "sal": (1, np.uint8),
-    "edge": (1, np.uint8),
-    "depth": (1, np.float32),
-    "normals": (3, np.float32),
-}
+_INTERP = {"nearest": cv2.INTER_NEAREST, "bilinear": cv2.INTER_LINEAR}
+Tasks = Sequence[base.Task]
 
 Example = dict[str, Any]
-
-
-def label_keys(ex: Example) -> list[str]:
-  return [k for k in ex if k not in NOT_LABELS]
 
 
 def _resize(arr: np.ndarray, hw: tuple[int, int], interp: int) -> np.ndarray:
@@ -63,10 +54,10 @@ class SelectTasks(grain.transforms.Map):
   (the reference loads images as float32 before any augmentation).
   """
 
-  tasks: tuple[str, ...]
+  tasks: tuple[base.Task, ...]
 
   def map(self, element: Example) -> Example:
-    missing = [t for t in self.tasks if t not in element]
+    missing = [t.name for t in self.tasks if t.name not in element]
     if missing:
       raise KeyError(
           f"Example has no label for task(s) {missing}; it has keys "
@@ -76,14 +67,14 @@ class SelectTasks(grain.transforms.Map):
       image = np.repeat(image[..., None], 3, axis=-1)
     out = {"image": image.astype(np.float32)}
     for t in self.tasks:
-      label = np.asarray(element[t])
+      label = np.asarray(element[t.name])
       if label.ndim == 2:
         label = label[..., None]
-      channels, dtype = LABEL_SPECS.get(t, (label.shape[-1], label.dtype))
-      if label.shape[-1] != channels:
-        raise ValueError(f"Label {t!r} has shape {label.shape}; expected "
-                         f"{channels} channel(s).")
-      out[t] = label.astype(dtype)
+      spec = t.label_spec
+      if label.shape[-1] != spec.channels:
+        raise ValueError(f"Label {t.name!r} has shape {label.shape}; "
+                         f"expected {spec.channels} channel(s).")
+      out[t.name] = label.astype(spec.dtype)
     if "valid" in element:
       out["valid"] = element["valid"]
     return out
@@ -91,8 +82,10 @@ class SelectTasks(grain.transforms.Map):
 
 @dataclasses.dataclass(frozen=True)
 class RandomScale(grain.transforms.RandomMap):
-  """Rescales by f ~ U(lo, hi): image bilinear, labels nearest, depth / f."""
+  """Rescales by f ~ U(lo, hi): image bilinear, each label as its spec says,
+  then the task adjusts its values (`Task.rescale_label`)."""
 
+  tasks: tuple[base.Task, ...]
   scale_range: tuple[float, float] = (0.5, 2.0)
 
   def random_map(self, element: Example, rng: np.random.Generator) -> Example:
@@ -103,19 +96,17 @@ class RandomScale(grain.transforms.RandomMap):
     hw = (int(h * factor), int(w * factor))
     out = dict(element)
     out["image"] = _resize(element["image"], hw, cv2.INTER_LINEAR)
-    for k in label_keys(element):
-      out[k] = _resize(element[k], hw, cv2.INTER_NEAREST)
-      if k == "depth":
-        # Farther away when enlarged; an ignore value (255) stays ignore.
-        d = out[k]
-        out[k] = np.where(d == IGNORE, d, d / factor).astype(d.dtype)
+    for t in self.tasks:
+      k = t.name
+      resized = _resize(element[k], hw, _INTERP[t.label_spec.resize])
+      out[k] = t.rescale_label(resized, factor)
     return out
 
 
-def _crop_ok(seg: np.ndarray, cat_max_ratio: float) -> bool:
+def _crop_ok(seg: np.ndarray, cat_max_ratio: float, ignore: int) -> bool:
   """The InvPT test: >1 class and none above cat_max_ratio of labelled px."""
-  counts = np.bincount(seg.ravel(), minlength=IGNORE + 1)
-  counts = counts[np.arange(counts.size) != IGNORE]
+  counts = np.bincount(seg.ravel(), minlength=ignore + 1)
+  counts = counts[np.arange(counts.size) != ignore]
   counts = counts[counts > 0]
   return len(counts) > 1 and counts.max() / counts.sum() < cat_max_ratio
 
@@ -124,10 +115,12 @@ def _crop_ok(seg: np.ndarray, cat_max_ratio: float) -> bool:
 class RandomCrop(grain.transforms.RandomMap):
   """Random crop to `size` (a smaller side is kept whole; Pad fills it later).
 
-  With cat_max_ratio < 1 and a semseg label, re-draws up to 10 times until the
-  crop has more than one class and no class above that fraction (InvPT).
+  With cat_max_ratio < 1 and a task that `balances_crop` (a class map),
+  re-draws up to 10 times until that label's crop has more than one class
+  and no class above that fraction (InvPT).
   """
 
+  tasks: tuple[base.Task, ...]
   size: tuple[int, int]
   cat_max_ratio: float = 1.0
 
@@ -144,35 +137,39 @@ class RandomCrop(grain.transforms.RandomMap):
     if tuple(hw) == tuple(self.size):
       return element
     loc = self._draw(hw, rng)
-    if self.cat_max_ratio < 1.0 and "semseg" in element:
+    balance = next((t for t in self.tasks if t.balances_crop), None)
+    if self.cat_max_ratio < 1.0 and balance is not None:
+      seg, ignore = element[balance.name], int(balance.fill)
       for _ in range(10):
-        if _crop_ok(self._crop(element["semseg"], loc), self.cat_max_ratio):
+        if _crop_ok(self._crop(seg, loc), self.cat_max_ratio, ignore):
           break
         loc = self._draw(hw, rng)
     out = dict(element)
-    for k in ["image"] + label_keys(element):
+    for k in ["image"] + [t.name for t in self.tasks]:
       out[k] = self._crop(element[k], loc)
     return out
 
 
-def hflip(element: Example) -> Example:
-  """Mirrors image and labels; normals' x component changes sign."""
+def _mirror(arr: np.ndarray) -> np.ndarray:
+  return cv2.flip(arr, 1).reshape(arr.shape)  # cv2: a fast copy
+
+
+def hflip(element: Example, tasks: Tasks) -> Example:
+  """Mirrors image and labels; each task fixes its values (`flip_label`)."""
   out = dict(element)
-  for k in ["image"] + label_keys(element):
-    arr = element[k]
-    out[k] = cv2.flip(arr, 1).reshape(arr.shape)  # cv2: a fast copy
-    if k == "normals":
-      x = out[k][..., 0]
-      np.negative(x, out=x, where=x != IGNORE)
+  out["image"] = _mirror(element["image"])
+  for t in tasks:
+    out[t.name] = t.flip_label(_mirror(element[t.name]))
   return out
 
 
 @dataclasses.dataclass(frozen=True)
 class RandomHorizontalFlip(grain.transforms.RandomMap):
+  tasks: tuple[base.Task, ...]
   p: float = 0.5
 
   def random_map(self, element: Example, rng: np.random.Generator) -> Example:
-    return hflip(element) if rng.random() < self.p else element
+    return hflip(element, self.tasks) if rng.random() < self.p else element
 
 
 def _convert(img: np.ndarray, alpha: float = 1.0, beta: float = 0.0):
@@ -239,12 +236,13 @@ class Normalize(grain.transforms.Map):
 
 @dataclasses.dataclass(frozen=True)
 class Pad(grain.transforms.Map):
-  """Centred pad to `size`: image 0 (normalised space), labels 255.
+  """Centred pad to `size`: image 0 (normalised space), labels their fill.
 
   Used after the train crop and as the eval "pad, never resize" step, so a
   larger input is an error (the model is tied to one input size).
   """
 
+  tasks: tuple[base.Task, ...]
   size: tuple[int, int]
 
   def map(self, element: Example) -> Example:
@@ -260,9 +258,9 @@ class Pad(grain.transforms.Map):
       return element
     top, left = (th - h) // 2, (tw - w) // 2
     out = dict(element)
-    for k in ["image"] + label_keys(element):
+    fills = [("image", 0)] + [(t.name, t.fill) for t in self.tasks]
+    for k, fill in fills:
       arr = element[k]
-      fill = 0 if k == "image" else IGNORE
       padded = np.full((th, tw, arr.shape[-1]), fill, arr.dtype)
       padded[top:top + h, left:left + w] = arr
       out[k] = padded
@@ -271,24 +269,14 @@ class Pad(grain.transforms.Map):
 
 @dataclasses.dataclass(frozen=True)
 class AddIgnoreRegions(grain.transforms.Map):
-  """Marks invalid targets 255: depth 0, all-zero normals, part-less images."""
+  """Each task marks its own "no label" values (`Task.ignore_regions`)."""
+
+  tasks: tuple[base.Task, ...]
 
   def map(self, element: Example) -> Example:
     out = dict(element)
-    if "depth" in element:
-      d = element["depth"]
-      out["depth"] = np.where(d == 0, np.asarray(IGNORE, d.dtype), d)
-    if "normals" in element:
-      n = element["normals"]
-      zero = (n[..., 0] == 0) & (n[..., 1] == 0) & (n[..., 2] == 0)
-      if zero.any():
-        n = n.copy()
-        n[zero] = IGNORE
-      out["normals"] = n
-    if "human_parts" in element:
-      hp = element["human_parts"]
-      if np.all((hp == 0) | (hp == IGNORE)):
-        out["human_parts"] = np.full_like(hp, IGNORE)
+    for t in self.tasks:
+      out[t.name] = t.ignore_regions(element[t.name])
     return out
 
 
@@ -304,13 +292,15 @@ class MarkValid(grain.transforms.MapWithIndex):
 
 @dataclasses.dataclass(frozen=True)
 class BlankInvalid(grain.transforms.Map):
-  """A padding example (valid False or absent): image 0, labels all 255."""
+  """A padding example (valid False): image 0, labels all their fill."""
+
+  tasks: tuple[base.Task, ...]
 
   def map(self, element: Example) -> Example:
     valid = np.bool_(element.get("valid", True))
     out = {**element, "valid": valid}
     if not valid:
       out["image"] = np.zeros_like(element["image"])
-      for k in label_keys(element):
-        out[k] = np.full_like(element[k], IGNORE)
+      for t in self.tasks:
+        out[t.name] = np.full_like(element[t.name], t.fill)
     return out

@@ -180,6 +180,12 @@ class ClassificationTask(base.Task):
   def num_outputs(self) -> int:
     return self.num_classes
 
+  @property
+  def label_spec(self) -> base.LabelSpec:
+    """uint8 class ids < num_classes, 255 = ignore, stored as PNG."""
+    return base.LabelSpec(value_range=(0, self.num_classes - 1),
+                          extra_values=(base.IGNORE,))
+
   def loss(self, pred: jax.Array, label: jax.Array) -> jax.Array:
     return masked_cross_entropy(pred, label)
 

@@ -9,6 +9,12 @@ Ports (facts only, no code copied):
   evaluation/eval_depth.py ``eval_depth`` / ``DepthMeter``.
 * ``max_depth``: Klodivio355/MT-CP@08c068e evaluation/eval_depth.py, which
   silently drops gt >= 65535 * 1e-4 = 6.5535 m (pass ``max_depth=6.5535``).
+* ``loss_max_depth``: MT-CP losses/loss_functions.py ``DepthLoss``, whose L1
+  also drops gt >= 6.5535 m (pass ``loss_max_depth=6.5535``).
+* ``invalid_value``: InvPT marks missing depth (stored 0) and padding 255;
+  TaskPrompter (same repository, TaskPrompter/data/transforms.py and
+  losses/loss_functions.py ``L1Loss(ignore_index=-1)``) writes -1 there, so
+  a label of 255 counts as valid depth (pass ``invalid_value=-1``).
 
 Both protocols pool squared errors over every valid pixel of the whole set
 (not a mean of per-image RMSEs) and clamp predictions <= 0 to 1e-9, which
@@ -40,7 +46,12 @@ class Task(base.Task):
 
   Attributes:
     max_depth: if set, pixels with gt >= max_depth are excluded from the
-      metrics (MT-CP: 6.5535). Never affects the loss.
+      metrics (MT-CP: 6.5535).
+    loss_max_depth: if set, pixels with gt >= it are excluded from the loss
+      (MT-CP: 6.5535).
+    invalid_value: the label value of missing depth and padding (InvPT 255,
+      TaskPrompter -1); the loss and metrics skip it.
+    max_stored_depth: builders refuse stored depth above this (metres).
   """
 
   name: ClassVar[str] = "depth"
@@ -50,16 +61,37 @@ class Task(base.Task):
       "rmse": False, "log_rmse": False, "abs_rel": False, "sq_rel": False}
 
   max_depth: float | None = None
+  loss_max_depth: float | None = None
+  invalid_value: float = float(base.IGNORE)
+  max_stored_depth: float = 1000.0
 
   @property
   def num_outputs(self) -> int:
     return 1
 
+  @property
+  def label_spec(self) -> base.LabelSpec:
+    """float32 metres (stored 0 = missing), zlib; scaled with the image."""
+    return base.LabelSpec(dtype="float32", fill=self.invalid_value,
+                          encoding="zlib",
+                          value_range=(0.0, self.max_stored_depth))
+
+  def rescale_label(self, label: np.ndarray, factor: float) -> np.ndarray:
+    """Enlarged by `factor` = seen from 1/factor as far; fill stays."""
+    fill = self.fill
+    return np.where(label == fill, label, label / factor).astype(label.dtype)
+
+  def ignore_regions(self, label: np.ndarray) -> np.ndarray:
+    """Stored 0 (no measurement) -> the invalid value."""
+    return np.where(label == 0, self.fill, label)
+
   def loss(self, pred: jax.Array, label: jax.Array) -> jax.Array:
-    """L1 over pixels whose label != 255; the prediction is not clamped."""
+    """L1 over valid pixels / max(n, 1); the prediction is not clamped."""
     pred = pred.astype(jnp.float32)
     label = label.astype(jnp.float32)
-    ok = label != base.IGNORE
+    ok = label != self.invalid_value
+    if self.loss_max_depth is not None:
+      ok &= label < self.loss_max_depth
     err = jnp.where(ok, jnp.abs(pred - label), 0.0)
     return jnp.sum(err) / jnp.maximum(jnp.sum(ok), 1).astype(jnp.float32)
 
@@ -75,7 +107,7 @@ class Task(base.Task):
   def metric_update(self, stats, pred, label, valid):
     pred = self.postprocess(pred)[..., 0]
     gt = label.astype(jnp.float32)[..., 0]
-    ok = (gt != base.IGNORE) & (gt > 0) & valid[:, None, None]
+    ok = (gt != self.invalid_value) & (gt > 0) & valid[:, None, None]
     if self.max_depth is not None:
       ok &= gt < self.max_depth
     pred = jnp.where(pred <= 0, _EPS, pred)
@@ -105,7 +137,7 @@ class Task(base.Task):
   def colorize(self, x: np.ndarray) -> np.ndarray:
     """Depth (H, W, 1) -> viridis RGB over [0, 10] m; invalid pixels black."""
     d = np.asarray(x, np.float32)[..., 0]
-    ok = (d != base.IGNORE) & (d > 0)
+    ok = (d != self.invalid_value) & (d > 0)
     t = np.clip(d / _VIS_MAX_DEPTH, 0.0, 1.0)
     rgb = matplotlib.colormaps["viridis"](t)[..., :3]
     rgb = np.where(ok[..., None], rgb, 0.0)

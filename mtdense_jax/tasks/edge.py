@@ -65,6 +65,11 @@ class Task(base.Task):
   def num_outputs(self) -> int:
     return 1
 
+  @property
+  def label_spec(self) -> base.LabelSpec:
+    """A uint8 {0, 1} map (255 = ignore), stored as PNG."""
+    return base.LabelSpec(value_range=(0, 1), extra_values=(base.IGNORE,))
+
   def loss(self, pred: jax.Array, label: jax.Array) -> jax.Array:
     """Mean balanced BCE over non-ignored pixels; 0 if all are ignored."""
     label = label.astype(jnp.float32)

@@ -56,3 +56,7 @@ class Task(common.ClassificationTask):
   """Per-pixel part classes (7 on PASCAL-Context), 255 = ignore."""
 
   name: ClassVar[str] = "human_parts"
+
+  def ignore_regions(self, label: np.ndarray) -> np.ndarray:
+    """A person-less image (after padding) becomes all ignore (InvPT)."""
+    return ignore_images_without_person(label, "invpt")

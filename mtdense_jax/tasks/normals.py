@@ -19,6 +19,13 @@ Ports (facts only, no code copied):
   (n+1)*255/2 lands on an integer: 1 channel in 23040 in the golden, far
   below the metric tolerance.
 
+Loss options (``loss_type=``): "l1" (default, InvPT above), "mse"
+(Klodivio355/MT-CP@08c068e losses/loss_functions.py ``NormalsLoss`` with its
+defaults norm=2, normalize=False: squared error of the raw output, summed
+over non-ignored elements / their count, channels counted), "cosine" (CTAL's
+MTAN-style loss: 1 - sum over valid pixels of <p / |p|, g> / #valid, valid =
+not ignored and channel sum != 0).
+
 Every statistic pools all valid pixels of the dataset. The median is not a
 sum, so it comes from a mergeable histogram: bins of 2**-11 deg (~4.9e-4 deg)
 over [0, 180] holding the count and the sum of in-bin offsets. An order
@@ -44,6 +51,9 @@ BIN_DEG = 2.0**-11  # median histogram resolution, degrees
 NUM_BINS = int(180 / BIN_DEG)
 THRESHOLDS = (11.25, 22.5, 30.0)
 _THRESHOLD_KEYS = ("11.25", "22.5", "30")
+LOSSES = ("l1", "mse", "cosine")
+# Stored unit vectors may exceed 1 by rounding; anything beyond is wrong.
+_UNIT_SLACK = 1e-3
 
 
 def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
@@ -111,7 +121,11 @@ def _order_statistic(count: np.ndarray, offs: np.ndarray, k: int) -> float:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Task(base.Task):
-  """Unit surface normals, 3-channel head; label (H, W, 3), 255 = invalid."""
+  """Unit surface normals, 3-channel head; label (H, W, 3), 255 = invalid.
+
+  Attributes:
+    loss_type: one of LOSSES (see the module docstring).
+  """
 
   name: ClassVar[str] = "normals"
   label_channels: ClassVar[int] = 3
@@ -120,15 +134,47 @@ class Task(base.Task):
       "mean": False, "median": False, "rmse": False,
       "11.25": True, "22.5": True, "30": True}
 
+  loss_type: str = "l1"
+
+  def __post_init__(self):
+    super().__post_init__()
+    if self.loss_type not in LOSSES:
+      raise ValueError(f"Task 'normals': unknown loss_type "
+                       f"{self.loss_type!r}; expected one of {LOSSES}.")
+
   @property
   def num_outputs(self) -> int:
     return 3
 
+  @property
+  def label_spec(self) -> base.LabelSpec:
+    """float32 unit vectors (stored 0 = none), zlib; x flips sign."""
+    s = 1.0 + _UNIT_SLACK
+    return base.LabelSpec(channels=3, dtype="float32", flip_negate=(0,),
+                          encoding="zlib", value_range=(-s, s))
+
+  def ignore_regions(self, label: np.ndarray) -> np.ndarray:
+    """All-zero vectors (no normal) -> 255 in all three channels."""
+    zero = (label[..., 0] == 0) & (label[..., 1] == 0) & (label[..., 2] == 0)
+    if zero.any():
+      label = label.copy()
+      label[zero] = self.fill
+    return label
+
   def loss(self, pred: jax.Array, label: jax.Array) -> jax.Array:
-    """sum |n_hat - n| over valid pixels and channels / #valid pixels."""
-    out = l2_normalize(pred.astype(jnp.float32))
+    """The configured loss (module docstring); 0 when nothing is valid."""
+    pred = pred.astype(jnp.float32)
     label = label.astype(jnp.float32)
+    if self.loss_type == "mse":
+      ok = label != base.IGNORE
+      err = jnp.where(ok, jnp.square(pred - label), 0.0)
+      return jnp.sum(err) / jnp.maximum(jnp.sum(ok), 1).astype(jnp.float32)
+    out = l2_normalize(pred)
     ok = base.valid_pixels(label)
+    if self.loss_type == "cosine":
+      ok &= jnp.sum(jnp.where(ok[..., None], label, 0.0), axis=-1) != 0
+      dot = jnp.sum(jnp.where(ok[..., None], out * label, 0.0))
+      return 1.0 - dot / jnp.maximum(jnp.sum(ok), 1).astype(jnp.float32)
     err = jnp.where(ok[..., None], jnp.abs(out - label), 0.0)
     return jnp.sum(err) / jnp.maximum(jnp.sum(ok), 1).astype(jnp.float32)
 

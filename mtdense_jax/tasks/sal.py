@@ -7,6 +7,13 @@ The reference asserts on an all-ignored batch; here w_pos uses max(n_valid, 1)
 so that batch gives loss 0 and zero gradient, like the unbalanced CE.
 Post-processing: InvPT/utils/utils.py get_output = 255 * softmax[..., 1].
 
+``loss_type="hed_bce"`` is MT-CP's saliency loss (Klodivio355/MT-CP@08c068e
+losses/loss_functions.py ``BalancedCrossEntropyLoss``, default size_average):
+a 1-channel head, y = label >= 0.5 (no ignore: a 255 pixel counts as
+positive), w = #negatives / #pixels of the batch, loss = (w * sum y *
+softplus(-x) + (1 - w) * sum (1 - y) * softplus(x)) / #pixels; the
+prediction is 255 * sigmoid(x).
+
 Metrics (methods.md d.5):
 * "invpt": InvPT/evaluation/eval_sal.py SaliencyMeter(threshold_step=0.05,
   beta_squared=0.3) including its second sigmoid on p/255; counts pooled over
@@ -55,6 +62,8 @@ MTL_U8_MIN = np.array(
     [np.argmax(np.append(_U8_AS_F32 > t, True)) for t in MTL_THRESHOLDS],
     np.int32)
 
+LOSSES = ("balanced_ce", "hed_bce")
+
 _DIRECTIONS = {
     "invpt": {"maxF": True},
     "mtl": {"mIoU": True, "maxF": True},
@@ -70,9 +79,26 @@ def positive_weight(label: jax.Array) -> jax.Array:
 
 
 def saliency_255(pred: jax.Array) -> jax.Array:
-  """(B, H, W, 2) logits -> (B, H, W, 1) float32 255 * P(salient)."""
-  prob = jax.nn.softmax(pred.astype(jnp.float32), axis=-1)[..., 1:2]
+  """(B, H, W, 2) logits -> (B, H, W, 1) float32 255 * P(salient).
+
+  A 1-channel head (``loss_type="hed_bce"``) gives 255 * sigmoid.
+  """
+  pred = pred.astype(jnp.float32)
+  if pred.shape[-1] == 1:
+    return 255.0 * jax.nn.sigmoid(pred)
+  prob = jax.nn.softmax(pred, axis=-1)[..., 1:2]
   return 255.0 * prob
+
+
+def hed_balanced_bce(logits: jax.Array, label: jax.Array) -> jax.Array:
+  """MT-CP's BalancedCrossEntropyLoss (module docstring), no ignore."""
+  x = logits.astype(jnp.float32)
+  y = (label.astype(jnp.float32) >= 0.5).astype(jnp.float32)
+  n = jnp.asarray(y.size, jnp.float32)
+  w = jnp.sum(1.0 - y) / n
+  pos = jnp.sum(y * jax.nn.softplus(-x))
+  neg = jnp.sum((1.0 - y) * jax.nn.softplus(x))
+  return (w * pos + (1.0 - w) * neg) / n
 
 
 def png_quantize(sal255: jax.Array) -> jax.Array:
@@ -164,9 +190,22 @@ def invpt_fscores(stats) -> np.ndarray:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Task(base.Task):
-  """Binary salient-object map from a 2-channel head; label {0, 1}, 255."""
+  """Binary salient-object map; label {0, 1}, 255 = ignore.
+
+  Attributes:
+    loss_type: "balanced_ce" (InvPT, 2-channel head) or "hed_bce" (MT-CP,
+      1-channel head); see the module docstring.
+  """
 
   name: ClassVar[str] = "sal"
+
+  loss_type: str = "balanced_ce"
+
+  def __post_init__(self):
+    super().__post_init__()
+    if self.loss_type not in LOSSES:
+      raise ValueError(f"Task 'sal': unknown loss_type {self.loss_type!r}; "
+                       f"expected one of {LOSSES}.")
 
   @property
   def metric_directions(self) -> Mapping[str, bool]:
@@ -175,9 +214,16 @@ class Task(base.Task):
 
   @property
   def num_outputs(self) -> int:
-    return 2
+    return 1 if self.loss_type == "hed_bce" else 2
+
+  @property
+  def label_spec(self) -> base.LabelSpec:
+    """A uint8 {0, 1} map (255 = ignore), stored as PNG."""
+    return base.LabelSpec(value_range=(0, 1), extra_values=(base.IGNORE,))
 
   def loss(self, pred: jax.Array, label: jax.Array) -> jax.Array:
+    if self.loss_type == "hed_bce":
+      return hed_balanced_bce(pred, label)
     w_pos = positive_weight(label)
     weights = jnp.stack([1.0 - w_pos, w_pos])
     return common.masked_cross_entropy(pred, label, class_weight=weights)

@@ -25,3 +25,5 @@ class Task(common.ClassificationTask):
   """Per-pixel classification into num_classes classes (255 = ignore)."""
 
   name: ClassVar[str] = "semseg"
+  # InvPT re-draws train crops dominated by one semseg class.
+  balances_crop: ClassVar[bool] = True

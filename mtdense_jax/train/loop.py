@@ -46,19 +46,27 @@ class Experiment:
 
 
 def build_tasks(config, meta: Mapping[str, Any]) -> dict[str, task_base.Task]:
-  """Task objects in config order, sized from the dataset's metadata."""
+  """Task objects in config order, sized from the dataset's metadata.
+
+  Keyed by Task.name (a dotted plugin entry such as "tests.toy_height_task"
+  is keyed by the name its Task declares); config.task_kw takes either.
+  """
   available = list(meta.get("tasks", []))
   num_classes = dict(meta.get("num_classes", {}))
+  task_kw = config.get("task_kw", {})
   tasks = {}
-  for name in config.tasks:
+  for entry in config.tasks:
+    cls = task_base.task_class(entry)
+    name = cls.name
     if available and name not in available:
       raise ValueError(
-          f"config.tasks has {name!r} but dataset {config.data.name}/"
+          f"config.tasks has {entry!r} but dataset {config.data.name}/"
           f"{config.data.config} provides only {available}.")
-    module = registry.lookup("task", name)
-    kw = dict(config.get("task_kw", {}).get(name, {}) or {})
-    tasks[name] = module.Task(num_classes=num_classes.get(name),
-                              protocol=config.eval.protocol, **kw)
+    if name in tasks:
+      raise ValueError(f"config.tasks names task {name!r} twice.")
+    kw = dict(task_kw.get(name, None) or task_kw.get(entry, None) or {})
+    tasks[name] = cls(num_classes=num_classes.get(name),
+                      protocol=config.eval.protocol, **kw)
   return tasks
 
 
@@ -153,7 +161,7 @@ def evaluate(exp: Experiment, eval_fn, params, batch_stats,
              boundary: dense.BoundaryEval | None = None) -> dict[str, float]:
   cfg = exp.config
   batches = pipeline.make_eval_iter(
-      cfg.data, list(exp.tasks), split=cfg.data.eval_split,
+      cfg.data, exp.tasks, split=cfg.data.eval_split,
       global_batch_size=cfg.eval.batch_size)
   repl = shd.replicated(exp.mesh)
 
@@ -204,7 +212,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
       exp.factory, exp.tx, exp.weighting, list(exp.tasks), exp.mesh,
       config.get("sharding"))
   data_iter = pipeline.make_train_iter(
-      config.data, list(exp.tasks), global_batch_size=tcfg.batch_size,
+      config.data, exp.tasks, global_batch_size=tcfg.batch_size,
       seed=config.seed)
   mngr = ckpt.manager(workdir / "checkpoints", max_to_keep=tcfg.keep_ckpts,
                       save_every=tcfg.ckpt_every)
