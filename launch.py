@@ -36,13 +36,15 @@ def main(argv):
   logging.info("process %d/%d, devices: %s", jax.process_index(),
                jax.process_count(), jax.devices())
   from mtdense_jax.train import loop  # pylint: disable=g-import-not-at-top
+  from data_builders import common as data_common  # pylint: disable=g-import-not-at-top
   try:
     if FLAGS.mode == "train":
       loop.train_and_evaluate(config, FLAGS.workdir)
     else:
       loop.evaluate_checkpoint(config, FLAGS.workdir, FLAGS.checkpoint,
                                FLAGS.step)
-  except FileNotFoundError as e:   # missing dataset archive or checkpoint
+  except (FileNotFoundError,  # missing dataset archive or checkpoint
+          data_common.CorruptMemberError) as e:  # bad member or label values
     sys.exit(f"Error: {e}")
 
 

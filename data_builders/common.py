@@ -10,7 +10,10 @@ files make the whole archive be refused (`UnsafeArchiveError`). An extracted
 folder is read in place, with the same rule for symlinks leaving it.
 `ArchiveBuilder` is the TFDS builder both real datasets subclass.
 
-Standalone on purpose: builders must not import the training code.
+Builders must not import the training code; they do use the Task objects
+(mtdense_jax/tasks), which own how each label is stored (`label_feature`,
+`encode_label`) and which values are acceptable (`label_problem`), so this
+file names no task.
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ from PIL import Image
 import scipy.io
 import tensorflow_datasets as tfds
 
+from mtdense_jax.tasks import base as task_base
+
 log = logging.getLogger(__name__)
 
 _OPENERS = ((b"\x1f\x8b", gzip.open), (b"BZh", bz2.open),
@@ -47,7 +52,8 @@ class UnsafeArchiveError(ValueError):
 
 
 class CorruptMemberError(ValueError):
-  """A member exists but cannot be decoded into its target."""
+  """A member exists but cannot be decoded into its target (or its values
+  are not acceptable for its task); the message is one line."""
 
 
 class Source(Protocol):
@@ -317,14 +323,36 @@ def read_member(source: Source, rel: str, image_id: str) -> bytes:
     ) from e
 
 
+def _one_line(text: str, limit: int = 300) -> str:
+  text = " ".join(str(text).split())
+  return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def decode_or_raise(rel: str, image_id: str, fn, *args):
   """Runs a decoder; any failure names the member and the image id."""
   try:
     return fn(*args)
   except Exception as e:  # pylint: disable=broad-except
-    raise CorruptMemberError(
+    raise CorruptMemberError(_one_line(
         f"{rel} (image id {image_id}) is corrupt or unreadable: "
-        f"{type(e).__name__}: {e}") from e
+        f"{type(e).__name__}: {e}")) from e
+
+
+def check_label(task: task_base.Task, y: np.ndarray, rel: str,
+                image_id: str, where: str = "") -> np.ndarray:
+  """Refuses a decoded label whose values its task does not accept.
+
+  The range belongs to the task (`Task.label_problem`): NaN, inf and
+  out-of-range values stop the build with one line naming the member and
+  the image id, as a corrupt member does.
+  """
+  problem = task.label_problem(y)
+  if problem:
+    src = f" in {where}" if where else ""
+    raise CorruptMemberError(_one_line(
+        f"{rel} (image id {image_id}){src}: {problem}. Nothing was written; "
+        "fix or remove this member."))
+  return y
 
 
 def check_members(source: Source, split_ids: dict[str, list[str]],
@@ -364,31 +392,31 @@ def source_for_builder(manual_path: str | None, download_config,
 
 # ------------------------------------------------------------------ builders
 
-# Tasks stored as PNG label maps; the others are zlib float32 tensors.
-LABEL_TASKS = ("semseg", "human_parts", "sal", "edge")
-_TENSOR_CHANNELS = {"depth": 1, "normals": 3}
+def label_tasks(names: Sequence[str],
+                class_names: Mapping[str, Sequence[str]]
+                ) -> dict[str, task_base.Task]:
+  """The Task objects of a dataset's tasks, sized by its class lists."""
+  num_classes = {t: len(n) for t, n in class_names.items()}
+  tasks = task_base.build_all(list(names), num_classes=num_classes)
+  return {t.name: t for t in tasks}
 
 
-def task_features(tasks: Sequence[str]) -> tfds.features.FeaturesDict:
-  """The feature spec of the contract for the configured `tasks`."""
+def task_features(tasks: Iterable[task_base.Task]
+                  ) -> tfds.features.FeaturesDict:
+  """The feature spec of the contract: each task says how it is stored."""
   spec = {
       "image": tfds.features.Image(shape=(None, None, 3)),
       "id": tfds.features.Text(),
       "orig_size": tfds.features.Tensor(shape=(2,), dtype=np.int32),
   }
   for t in tasks:
-    if t in LABEL_TASKS:
-      spec[t] = tfds.features.Image(shape=(None, None, 1),
-                                    encoding_format="png")
-    else:
-      spec[t] = tfds.features.Tensor(shape=(None, None, _TENSOR_CHANNELS[t]),
-                                     dtype=np.float32, encoding="zlib")
+    spec[t.name] = t.label_feature()
   return tfds.features.FeaturesDict(spec)
 
 
-def encode_feature(task: str, y: np.ndarray) -> np.ndarray | bytes:
-  """A decoded target as `task_features` stores it (label maps as PNG)."""
-  return encode_png(y) if task in LABEL_TASKS else y
+def encode_feature(task: task_base.Task, y: np.ndarray) -> np.ndarray | bytes:
+  """A decoded target as `task_features` stores it."""
+  return task.encode_label(y)
 
 
 class ArchiveBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -428,12 +456,26 @@ class ArchiveBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   def tasks(self) -> tuple[str, ...]:
     return tuple(self.builder_config.tasks)
 
+  @property
+  def label_tasks(self) -> dict[str, task_base.Task]:
+    """Task objects of `tasks`: storage and value checks of each label."""
+    if getattr(self, "_label_tasks", None) is None:
+      self._label_tasks = label_tasks(self.tasks, self.TASK_CLASS_NAMES)
+    return self._label_tasks
+
+  def _store(self, name: str, y: np.ndarray, rel: str, image_id: str,
+             resize) -> np.ndarray | bytes:
+    """Checks a decoded label, resizes it (`resize(y)`) and encodes it."""
+    task = self.label_tasks[name]
+    check_label(task, y, rel, image_id, self._source.description)
+    return task.encode_label(resize(y))
+
   def _info(self) -> tfds.core.DatasetInfo:
     names = self.TASK_CLASS_NAMES
     return tfds.core.DatasetInfo(
         builder=self,
         description=sys.modules[type(self).__module__].__doc__,
-        features=task_features(self.tasks),
+        features=task_features(self.label_tasks.values()),
         metadata=tfds.core.MetadataDict(
             tasks=list(self.tasks),
             num_classes={t: len(n) for t, n in names.items()},

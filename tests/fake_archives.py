@@ -202,6 +202,17 @@ def write_pascal(root, *, train=("2008_000001", "2008_000002"),
   return raw
 
 
+def poison_nyud_depth(root, image_id: str, value: float,
+                      count: int = 3) -> str:
+  """Rewrites NYUDv2/depth/<id>.npy with `count` pixels set to `value`
+  (NaN, inf, a negative or huge depth); returns the member's name."""
+  path = pathlib.Path(root) / "NYUDv2" / "depth" / f"{image_id}.npy"
+  depth = np.load(path)
+  depth.reshape(-1)[:count] = value
+  _npy(path, depth)
+  return f"depth/{image_id}.npy"
+
+
 def _mkparent(path: pathlib.Path) -> str:
   path.parent.mkdir(parents=True, exist_ok=True)
   return os.fspath(path)

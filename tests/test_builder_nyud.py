@@ -260,3 +260,59 @@ def test_truncated_tarball_is_reported_and_cleaned_up(tmp_path):
   with pytest.raises(ValueError, match="NYUDv2.tar.gz is not a readable"):
     _prepare(tmp_path, str(tar))
   assert not os.listdir(tmp_path / "tfds" / "downloads" / "tmp")
+
+
+@pytest.mark.parametrize("value,problem", [
+    (np.nan, "depth label holds NaN at 3 value(s)"),
+    (np.inf, "depth label holds inf at 3 value(s)"),
+    (-2.0, "depth label has 3 value(s) outside [0, 1000]"),
+])
+def test_bad_depth_values_in_a_tarball_stop_the_build(tmp_path, value,
+                                                      problem):
+  fa.write_nyud(tmp_path / "m", train=("0001", "0002"))
+  member = fa.poison_nyud_depth(tmp_path / "m", "0002", value)
+  tar = fa.make_tarball(tmp_path / "m" / "NYUDv2", tmp_path / "NYUDv2.tar.gz")
+  with pytest.raises(common.CorruptMemberError) as e:
+    _prepare(tmp_path, tar)
+  msg = str(e.value)
+  assert "\n" not in msg
+  assert msg.startswith(f"{member} (image id 0002) in {tar}:NYUDv2: ")
+  assert problem in msg
+  assert not _written_files(tmp_path / "tfds")
+
+
+def test_semseg_class_beyond_the_class_list_is_refused(tmp_path):
+  fa.write_nyud(tmp_path / "m", train=("0001",), val=("0003",))
+  path = tmp_path / "m" / "NYUDv2" / "segmentation" / "0003.png"
+  seg = np.asarray(Image.open(path)).copy()
+  seg[0, :2] = 45  # raw 45 -> class 44 of 40
+  Image.fromarray(seg).save(path)
+  with pytest.raises(common.CorruptMemberError,
+                     match=r"segmentation/0003.png \(image id 0003\).*semseg "
+                           r"label has 2 value\(s\) outside \[0, 39\] or "
+                           r"\[255\], e.g. \[44\]"):
+    _prepare(tmp_path, str(tmp_path / "m"))
+
+
+def test_launch_reports_a_nan_depth_member_in_one_line(tmp_path):
+  """The CLI ends with the one-line message and a non-zero exit."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  fa.write_nyud(tmp_path / "m", train=("0001", "0002"))
+  fa.poison_nyud_depth(tmp_path / "m", "0002", np.nan)
+  tar = fa.make_tarball(tmp_path / "m" / "NYUDv2", tmp_path / "NYUDv2.tar.gz")
+  root = pathlib.Path(__file__).resolve().parents[1]
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  proc = subprocess.run(
+      [sys.executable, str(root / "launch.py"),
+       f"--config={root / 'configs' / 'nyud_invpt.py'}",
+       f"--workdir={tmp_path / 'w'}",
+       f"--config.data.data_dir={tmp_path / 'tfds'}",
+       f"--config.data.manual_dir={tar}"],
+      capture_output=True, text=True, timeout=240, cwd=root,
+      env={**env, "PYTHONPATH": str(root), "JAX_PLATFORMS": "cpu"})
+  assert proc.returncode != 0
+  assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+  last = proc.stderr.strip().splitlines()[-1]
+  assert last.startswith("Error: depth/0002.npy (image id 0002) in "), last
+  assert "depth label holds NaN at 3 value(s)" in last

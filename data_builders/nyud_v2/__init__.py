@@ -109,7 +109,8 @@ class Builder(common.ArchiveBuilder, skip_registration=True):
       data = common.read_member(src, rel, image_id)
       y = common.decode_or_raise(rel, image_id, targets.decode_member, t,
                                  rel, data)
-      ex[t] = common.encode_feature(t, targets.resize_target(t, y, hw))
+      ex[t] = self._store(t, y, rel, image_id,
+                          lambda y, t=t: targets.resize_target(t, y, hw))
     return ex
 
 

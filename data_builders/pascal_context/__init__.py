@@ -172,7 +172,9 @@ class Builder(common.ArchiveBuilder, skip_registration=True):
       else:
         y = common.decode_or_raise(rels["labelmap"], image_id, targets.edge,
                                    labels)
-      ex[t] = common.encode_feature(t, targets.resize_target(t, y, hw))
+      rel = rels["labelmap"] if t == "edge" else rels[t]
+      ex[t] = self._store(t, y, rel, image_id,
+                          lambda y, t=t: targets.resize_target(t, y, hw))
     return ex
 
 
