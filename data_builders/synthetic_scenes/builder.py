@@ -13,6 +13,13 @@ objects; no ignore pixels); human_parts are the parts of a mannequin
 ("person") with PASCAL's 6 part ids, 0 elsewhere, so an image without a
 visible mannequin is all 0, as in the real data (the input pipeline makes
 such maps ignore). Depth, normal-axis and edge conventions: render.py.
+
+Any task can be added with the ``tasks`` override (``builder_kwargs=
+{"tasks": ("semseg", "my_pkg.height")}``): the renderer labels the built-in
+ones; a task it does not know derives its label from the rendered geometric
+buffers (render.BUFFERS) with its ``Task.scene_label``. Each task's own
+`label_feature` / `encode_label` store the label and its `label_problem`
+checks it.
 """
 
 from __future__ import annotations
@@ -30,13 +37,15 @@ import tensorflow_datasets as tfds
 
 from data_builders.synthetic_scenes import render
 from data_builders.synthetic_scenes import scene as scene_lib
+from mtdense_jax.tasks import base as task_base
 
 SPLITS = ("train", "validation")
 # Boundary matching tolerance (fraction of the image diagonal), as NYUD.
 EDGE_MAX_DIST = 0.011
-_LABEL_IMAGES = ("semseg", "human_parts", "sal", "edge")
 OVERRIDABLE = ("height", "width", "num_train", "num_validation", "seed",
-               "person_prob")
+               "person_prob", "tasks")
+NUM_CLASSES = {"semseg": len(scene_lib.CLASS_NAMES),
+               "human_parts": len(scene_lib.PART_NAMES)}
 
 
 @dataclasses.dataclass(eq=False, kw_only=True)
@@ -70,6 +79,19 @@ def _png(array: np.ndarray) -> io.BytesIO:
   return buf
 
 
+def label_tasks(config: SceneConfig) -> tuple[task_base.Task, ...]:
+  """The Task objects of a config's task entries (names or dotted)."""
+  return task_base.build_all(config.tasks, num_classes=NUM_CLASSES)
+
+
+def task_label(task: task_base.Task, out: dict[str, np.ndarray]
+               ) -> np.ndarray:
+  """The renderer's own target of `task`, else the task's scene_label."""
+  if task.name in out and task.name in render.BUFFERS:
+    return out[task.name]
+  return task.scene_label(out)
+
+
 def example_seed(seed: int, split: str, index: int) -> np.random.SeedSequence:
   """The seed of one example: a function of (seed, split, index) only."""
   return np.random.SeedSequence([seed, SPLITS.index(split), index])
@@ -101,28 +123,22 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
   def _info(self) -> tfds.core.DatasetInfo:
     cfg = self.builder_config
+    tasks = label_tasks(cfg)
     feats: dict[str, Any] = {
         "image": tfds.features.Image(shape=(None, None, 3)),
         "id": tfds.features.Text(),
         "orig_size": tfds.features.Tensor(shape=(2,), dtype=np.int32),
     }
-    for task in cfg.tasks:
-      if task in _LABEL_IMAGES:
-        feats[task] = tfds.features.Image(shape=(None, None, 1),
-                                          encoding_format="png")
-    if "depth" in cfg.tasks:
-      feats["depth"] = tfds.features.Tensor(
-          shape=(None, None, 1), dtype=np.float32, encoding="zlib")
-    if "normals" in cfg.tasks:
-      feats["normals"] = tfds.features.Tensor(
-          shape=(None, None, 3), dtype=np.float32, encoding="zlib")
+    for task in tasks:
+      feats[task.name] = task.label_feature()
+    names = [t.name for t in tasks]
     num_classes = {"semseg": len(scene_lib.CLASS_NAMES)}
     class_names = {"semseg": list(scene_lib.CLASS_NAMES)}
-    if "human_parts" in cfg.tasks:
+    if "human_parts" in names:
       num_classes["human_parts"] = len(scene_lib.PART_NAMES)
       class_names["human_parts"] = list(scene_lib.PART_NAMES)
     metadata = tfds.core.MetadataDict(
-        tasks=list(cfg.tasks), num_classes=num_classes,
+        tasks=names, num_classes=num_classes,
         class_names=class_names, edge_max_dist=EDGE_MAX_DIST)
     return self.dataset_info_from_configs(
         features=tfds.features.FeaturesDict(feats), metadata=metadata,
@@ -137,18 +153,19 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   def _generate_examples(self, split: str,
                          count: int) -> Iterator[tuple[str, dict[str, Any]]]:
     cfg = self.builder_config
+    tasks = label_tasks(cfg)
     for index in range(count):
       out = render_example(cfg, split, index)
       key = f"{split}_{index:06d}"
       ex = {"image": _png(out["image"]), "id": key,
             "orig_size": np.array([cfg.height, cfg.width], np.int32)}
-      for task in cfg.tasks:
-        if task in _LABEL_IMAGES:
-          ex[task] = _png(out[task])
-      if "depth" in cfg.tasks:
-        ex["depth"] = out["depth"][..., None]
-      if "normals" in cfg.tasks:
-        ex["normals"] = out["normals"]
+      for task in tasks:
+        y = task_label(task, out)
+        problem = task.label_problem(y)
+        if problem:
+          raise ValueError(f"synthetic_scenes {cfg.name} example {key}: "
+                           f"{problem}.")
+        ex[task.name] = task.encode_label(y)
       yield key, ex
 
 
@@ -166,8 +183,12 @@ def derive_config(name: str, **overrides) -> SceneConfig:
   if unknown:
     raise ValueError(f"Unknown overrides {sorted(unknown)}; allowed: "
                      f"{OVERRIDABLE}.")
+  if isinstance(overrides.get("tasks"), str):  # "semseg,depth"
+    overrides["tasks"] = [t.strip() for t in overrides["tasks"].split(",")]
   # Keep the declared types (e.g. for strings from a command line).
   typed = {k: type(getattr(base, k))(v) for k, v in overrides.items()}
+  if "tasks" in typed:
+    label_tasks(dataclasses.replace(base, tasks=typed["tasks"]))  # checks
   changed = {k: v for k, v in typed.items() if getattr(base, k) != v}
   if not changed:
     return base

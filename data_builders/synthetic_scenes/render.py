@@ -19,6 +19,15 @@ Conventions (documented for the builder and the tasks):
 * image: procedural albedo, Lambertian shading from one or two directional
   lights plus a weak light from below and an ambient term, cast shadows of
   the main light (objects only), vignetting and Gaussian sensor noise.
+
+Geometric buffers (`BUFFERS`), besides the targets above, from which a task
+the dataset does not label derives its own (``Task.scene_label``):
+* points: (H, W, 3) float32 world coordinates of the visible surface in
+  metres: x and z horizontal, y up, the floor is y = 0; 0 where nothing is
+  hit.
+* valid: (H, W) bool, a surface is hit at a usable angle (depth > 0).
+* instance: (H, W) int32 object id (-1 = none); semseg: (H, W) class id
+  (scene.CLASS_NAMES); intrinsics: (focal, cx, cy) in pixels.
 """
 
 from __future__ import annotations
@@ -27,6 +36,9 @@ import numpy as np
 
 from data_builders.synthetic_scenes import scene as scene_lib
 
+# Every key `render` returns (targets and geometric buffers).
+BUFFERS = ("image", "depth", "normals", "semseg", "instance", "human_parts",
+           "sal", "edge", "intrinsics", "points", "valid")
 # Surfaces seen at a cosine below this get depth 0 ("sensor dropout").
 GRAZING_COS = 0.03
 
@@ -177,4 +189,7 @@ def render(scene: scene_lib.Scene, height: int, width: int,
       "sal": sal.astype(np.uint8),
       "edge": edge.astype(np.uint8),
       "intrinsics": np.array([focal, cx, cy]),
+      "points": np.where(valid[:, None], points, 0.0).reshape(
+          height, width, 3).astype(np.float32),
+      "valid": valid.reshape(height, width),
   }
