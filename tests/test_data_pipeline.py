@@ -242,3 +242,21 @@ def test_synthetic_builder_end_to_end(tmp_path):
   with pytest.raises(ValueError, match="not_a_task"):
     pipeline.make_train_iter(cfg, tasks + ["not_a_task"],
                              global_batch_size=2, seed=0)
+
+
+def test_task_options_reach_the_pipeline():
+  """TaskPrompter depth (invalid_value=-1): padding, stored 0 and padded
+  examples become -1; the other tasks keep 255."""
+  from mtdense_jax.tasks import depth  # pylint: disable=g-import-not-at-top
+  tasks = (TASKS[0], depth.Task(invalid_value=-1))
+  data = pipeline.eval_dataset(SOURCE, tasks, _cfg(image_size=(16, 20)),
+                               global_batch_size=4)
+  d = np.concatenate([b["depth"] for b in data])[..., 0]
+  seg = np.concatenate([b["semseg"] for b in data])[..., 0]
+  assert not (d == 255).any()
+  np.testing.assert_array_equal(d[:, :2], -1)  # padding
+  np.testing.assert_array_equal(d[N:], -1)  # padded examples
+  assert d[0, 13, 17] == -1  # stored 0 (last pixel of the 12x16 record)
+  np.testing.assert_array_equal(d[0, 2:14, 2:18][:-1],
+                                SOURCE[0]["depth"][:-1, :, 0])
+  assert np.all(seg[:, :2] == 255)

@@ -97,3 +97,46 @@ def test_postprocess_and_colorize():
   assert img.shape == (1, 4, 3) and img.dtype == np.uint8
   assert (img[0, 0] == 0).all() and (img[0, 2] == 0).all()  # invalid: black
   assert not (img[0, 1] == img[0, 3]).all()  # different depths differ
+
+
+@pytest.mark.parametrize("case", ["depth", "depth_255_is_valid"])
+def test_taskprompter_invalid_minus_one_loss_golden(golden, case):
+  npz, meta = golden("taskprompter_losses")
+  spec = meta["cases"][case]
+  pred = tt.jnhwc(npz[spec["inputs"]["pred"]])
+  label = tt.jnhwc(npz[spec["inputs"]["label"]])
+  want = npz[spec["outputs"]["loss"]["key"]]
+  got = jax.jit(depth.Task(invalid_value=-1).loss)(pred, label)
+  np.testing.assert_allclose(got, want, **tt.LOSS_TOL)
+  if case == "depth_255_is_valid":  # InvPT's 255 rule gives another value
+    assert abs(float(depth.Task().loss(pred, label)) - float(want)) > 1e-2
+
+
+def test_loss_max_depth_drops_deep_pixels_as_mtcp():
+  rng = np.random.default_rng(0)
+  label = rng.uniform(0.5, 9.0, (2, 6, 7, 1)).astype(np.float32)
+  label[0, :2] = 255.0
+  pred = rng.uniform(0.0, 9.0, label.shape).astype(np.float32)
+  # MT-CP DepthLoss: nn.L1Loss (mean) over label != 255 and label < 6.5535.
+  mask = (label != 255) & (label < 65535 * 1e-4)
+  want = np.abs(pred - label)[mask].mean()
+  task = depth.Task(loss_max_depth=6.5535)
+  np.testing.assert_allclose(task.loss(pred, label), want, rtol=1e-6)
+  assert abs(float(depth.Task().loss(pred, label)) - want) > 1e-2
+
+
+def test_label_hooks_follow_the_invalid_value():
+  stored = np.array([[0.0, 2.0], [255.0, 4.0]], np.float32)[..., None]
+  invpt, tp = depth.Task(), depth.Task(invalid_value=-1)
+  assert invpt.fill == 255 and tp.fill == -1
+  np.testing.assert_array_equal(invpt.ignore_regions(stored)[..., 0],
+                                [[255, 2], [255, 4]])
+  # TaskPrompter: 0 -> -1, and 255 is a valid depth.
+  np.testing.assert_array_equal(tp.ignore_regions(stored)[..., 0],
+                                [[-1, 2], [255, 4]])
+  marked = tp.ignore_regions(stored)
+  np.testing.assert_allclose(tp.rescale_label(marked, 2.0)[..., 0],
+                             [[-1, 1], [127.5, 2]])
+  assert tp.label_spec.fill == -1 and tp.label_spec.encoding == "zlib"
+  assert "NaN" in invpt.label_problem(np.array([1.0, np.nan], np.float32))
+  assert invpt.label_problem(np.array([0.0, 9.5], np.float32)) is None

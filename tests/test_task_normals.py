@@ -183,3 +183,49 @@ def test_loss_gradient_finite_at_zero_prediction():
   # No gradient through undefined directions (PyTorch would give ~1e12).
   np.testing.assert_array_equal(np.asarray(g[0, 1:]), 0.0)
   assert float(jnp.abs(g).max()) < 10.0
+
+
+def _normals_case(seed=0):
+  rng = np.random.default_rng(seed)
+  pred = rng.normal(size=(2, 5, 6, 3)).astype(np.float32)
+  gt = rng.normal(size=(2, 5, 6, 3))
+  gt = (gt / np.linalg.norm(gt, axis=-1, keepdims=True)).astype(np.float32)
+  gt[0, :2] = 255.0  # ignored pixels
+  return pred, gt
+
+
+def test_mse_loss_is_mtcp_masked_mse():
+  pred, gt = _normals_case()
+  # MT-CP NormalsLoss(norm=2, normalize=False): sum over non-255 elements
+  # of the squared error of the raw output / their count.
+  mask = gt != 255
+  want = np.sum(np.square(pred - gt)[mask]) / mask.sum()
+  got = jax.jit(normals.Task(loss_type="mse").loss)(pred, gt)
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_cosine_loss_is_one_minus_mean_dot():
+  pred, gt = _normals_case(1)
+  gt[1, 0, :3] = 0.0  # zero gt (channel sum 0) is invalid too
+  p = pred / np.linalg.norm(pred, axis=-1, keepdims=True)
+  valid = np.all(gt != 255, -1) & (gt.sum(-1) != 0)
+  want = 1.0 - np.sum((p * gt)[valid]) / valid.sum()
+  got = jax.jit(normals.Task(loss_type="cosine").loss)(pred, gt)
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+  with pytest.raises(ValueError, match="loss_type"):
+    normals.Task(loss_type="l2")
+
+
+def test_label_hooks_flip_ignore_and_range():
+  task = normals.Task()
+  x = np.array([[[0.6, 0.8, 0.0], [0, 0, 0]],
+                [[255, 255, 255], [-1.0, 0, 0]]], np.float32)
+  marked = task.ignore_regions(x)
+  np.testing.assert_array_equal(marked[0, 1], [255] * 3)
+  flipped = task.flip_label(marked.copy())
+  np.testing.assert_array_equal(
+      flipped[..., 0], np.float32([[-0.6, 255], [255, 1.0]]))
+  np.testing.assert_array_equal(flipped[..., 1:], marked[..., 1:])
+  assert task.label_problem(x) is not None  # 255 is not a stored normal
+  assert task.label_problem(x[:1]) is None
+  assert "outside [-1.001, 1.001]" in task.label_problem(x[:1] * 1.5)

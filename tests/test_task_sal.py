@@ -167,3 +167,28 @@ def test_mtl_png_threshold_quirk():
     assert pos[0] == kmin
   # The four thresholds where the quirk bites: k = 255 t counts.
   assert [int(x) for x in sal.MTL_U8_MIN[[0, 4, 8, 12]]] == [51, 102, 153, 204]
+
+
+def test_hed_bce_option_is_mtcp_balanced_bce_without_ignore():
+  rng = np.random.default_rng(0)
+  x = rng.normal(0, 3, (2, 5, 6, 1)).astype(np.float32)
+  y = (rng.random((2, 5, 6, 1)) < 0.3).astype(np.uint8)
+  y[0, 0, :3] = 255  # no ignore in MT-CP: 255 >= 0.5 is a positive
+  task = sal.Task(loss_type="hed_bce")
+  assert task.num_outputs == 1
+  # MT-CP BalancedCrossEntropyLoss (HED weighting, size_average).
+  lab = (y >= 0.5).astype(np.float64)
+  w = np.sum(1 - lab) / lab.size
+  logsig = lambda v: -np.logaddexp(0, -v)
+  xd = x.astype(np.float64)
+  pos = -np.sum(lab * logsig(xd))
+  neg = -np.sum((1 - lab) * logsig(-xd))
+  want = (w * pos + (1 - w) * neg) / lab.size
+  np.testing.assert_allclose(jax.jit(task.loss)(x, y), want, rtol=1e-5)
+  # A 1-channel head: prediction 255 * sigmoid, and the metrics run on it.
+  np.testing.assert_allclose(task.postprocess(x), 255 / (1 + np.exp(-xd)),
+                             rtol=1e-5)
+  stats = task.metric_update(task.metric_init(), x, y, jnp.ones(2, bool))
+  assert 0 <= task.metric_compute(stats)["maxF"] <= 1
+  with pytest.raises(ValueError, match="loss_type"):
+    sal.Task(loss_type="bce")
