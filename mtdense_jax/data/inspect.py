@@ -3,11 +3,13 @@
   python -m mtdense_jax.data.inspect --dataset nyud_v2 --data_dir DIR \
       [--config all] [--manual_dir M --prepare] [--out grid.png]
 
-Statistics are computed on the stored targets (before the input pipeline's
-ignore handling): semseg/human_parts class histograms and ignore share,
-depth range and invalid (0) share, normals invalid (all-zero) share and
-norm, edge/sal positive share. The grid shows, per example, the image and
-each task's target.
+Statistics are computed on the stored targets, per task from its label spec
+(nothing here names a task): class labels get a class histogram, ignore
+share, out-of-range share and all-zero images; {0, 1} maps their positive
+share; float maps the share of pixels their task marks invalid
+(`Task.ignore_regions`), the range and mean of the rest, and the mean vector
+norm of multi-channel maps. The grid shows, per example, the image and each
+task's target as the task colours it.
 """
 
 from __future__ import annotations
@@ -20,95 +22,81 @@ import numpy as np
 from PIL import Image
 
 from mtdense_jax import registry
-
-_LABEL_TASKS = ("semseg", "human_parts")
-
-
-def _palette(n: int = 256) -> np.ndarray:
-  """PASCAL VOC-style bit-interleaved colour map; 255 (ignore) is white."""
-  pal = np.zeros((n, 3), np.uint8)
-  for i in range(n):
-    c, r, g, b = i, 0, 0, 0
-    for j in range(8):
-      r |= ((c >> 0) & 1) << (7 - j)
-      g |= ((c >> 1) & 1) << (7 - j)
-      b |= ((c >> 2) & 1) << (7 - j)
-      c >>= 3
-    pal[i] = (r, g, b)
-  pal[255] = 255
-  return pal
+from mtdense_jax.tasks import base as task_base
 
 
-def colorize(task: str, y: np.ndarray) -> np.ndarray:
+def colorize(task: task_base.Task, y: np.ndarray) -> np.ndarray:
   """A stored target -> uint8 RGB (H, W, 3) for the grid."""
-  if task in _LABEL_TASKS:
-    return _palette()[y[..., 0]]
-  if task in ("edge", "sal"):
-    return np.repeat((y[..., :1] > 0).astype(np.uint8) * 255, 3, -1)
-  if task == "depth":
-    d = y[..., 0]
-    valid = d > 0
-    hi = d[valid].max() if valid.any() else 1.0
-    g = np.where(valid, 255 * (1 - d / hi), 0).astype(np.uint8)
-    return np.repeat(g[..., None], 3, -1)
-  return np.clip((y + 1) * 127.5, 0, 255).astype(np.uint8)  # normals
+  return task.colorize(task.ignore_regions(np.asarray(y)))
+
+
+def _kind(task: task_base.Task) -> str:
+  spec = task.label_spec
+  if np.issubdtype(np.dtype(spec.dtype), np.floating):
+    return "float"
+  if task.num_classes:
+    return "classes"
+  return "binary" if tuple(spec.value_range) == (0, 1) else "float"
 
 
 class _Stats:
   """Running per-task statistics over examples."""
 
-  def __init__(self, tasks: Sequence[str], num_classes: dict) -> None:
-    self.tasks, self.num_classes = tasks, num_classes
+  def __init__(self, tasks: Sequence[task_base.Task]) -> None:
+    self.tasks = tasks
     self.sums: dict[str, collections.Counter] = {
-        t: collections.Counter() for t in tasks}
-    self.hists = {t: np.zeros(256, np.int64) for t in tasks
-                  if t in _LABEL_TASKS}
+        t.name: collections.Counter() for t in tasks}
+    self.hists = {t.name: np.zeros(256, np.int64) for t in tasks
+                  if _kind(t) == "classes"}
     self.sizes: collections.Counter = collections.Counter()
 
   def update(self, ex: dict[str, Any]) -> None:
     self.sizes[tuple(int(v) for v in ex["orig_size"])] += 1
     for t in self.tasks:
-      y, s = ex[t], self.sums[t]
+      y, s = np.asarray(ex[t.name]), self.sums[t.name]
       s["pixels"] += y.shape[0] * y.shape[1]
-      if t in _LABEL_TASKS:
-        self.hists[t] += np.bincount(y.ravel(), minlength=256)
+      kind = _kind(t)
+      if kind == "classes":
+        self.hists[t.name] += np.bincount(y.ravel(), minlength=256)
         s["all_zero_images"] += int(not y.any())
-      elif t in ("edge", "sal"):
+      elif kind == "binary":
         s["positive"] += int((y > 0).sum())
-      elif t == "depth":
-        v = y[y > 0]
-        s["invalid"] += int(y.size - v.size)
+      else:
+        marked = t.ignore_regions(y)
+        bad = np.all(marked == t.fill, axis=-1)
+        v = y[~bad]
+        s["invalid"] += int(bad.sum())
         s["sum"] += float(v.sum())
         s["min"] = min(s.get("min", np.inf), float(v.min(initial=np.inf)))
-        s["max"] = max(s.get("max", 0.0), float(v.max(initial=0.0)))
-      else:
-        norm = np.linalg.norm(y, axis=-1)
-        s["invalid"] += int((norm == 0).sum())
-        s["norm_sum"] += float(norm[norm > 0].sum())
+        s["max"] = max(s.get("max", -np.inf), float(v.max(initial=-np.inf)))
+        if y.shape[-1] > 1:
+          s["norm_sum"] += float(np.linalg.norm(y[~bad], axis=-1).sum())
 
   def lines(self) -> list[str]:
     out = [f"  image sizes (H, W): {dict(self.sizes.most_common(5))}"]
     for t in self.tasks:
-      s, px = self.sums[t], max(self.sums[t]["pixels"], 1)
-      if t in _LABEL_TASKS:
-        h = self.hists[t]
-        n = self.num_classes.get(t, 0)
+      s, px = self.sums[t.name], max(self.sums[t.name]["pixels"], 1)
+      kind = _kind(t)
+      if kind == "classes":
+        h, n = self.hists[t.name], t.num_classes
+        ignore = int(t.fill)
         present = int((h[:n] > 0).sum())
-        out.append(f"  {t}: {present}/{n} classes present, ignore(255) "
-                   f"{h[255] / px:.3f}, out-of-range "
-                   f"{h[n:255].sum() / px:.3f}, all-zero images "
+        out_of_range = h[n:].sum() - h[ignore]
+        out.append(f"  {t.name}: {present}/{n} classes present, ignore"
+                   f"({ignore}) {h[ignore] / px:.3f}, out-of-range "
+                   f"{out_of_range / px:.3f}, all-zero images "
                    f"{s['all_zero_images']}")
-      elif t in ("edge", "sal"):
-        out.append(f"  {t}: positive share {s['positive'] / px:.4f}")
-      elif t == "depth":
-        valid = px - s["invalid"]
-        out.append(f"  depth: invalid share {s['invalid'] / px:.3f}, range "
-                   f"[{s.get('min', 0):.3f}, {s.get('max', 0):.3f}] m, mean "
-                   f"{s['sum'] / max(valid, 1):.3f} m")
+      elif kind == "binary":
+        out.append(f"  {t.name}: positive share {s['positive'] / px:.4f}")
       else:
         valid = px - s["invalid"]
-        out.append(f"  normals: invalid share {s['invalid'] / px:.3f}, mean "
-                   f"norm {s['norm_sum'] / max(valid, 1):.4f}")
+        line = (f"  {t.name}: invalid share {s['invalid'] / px:.3f}, range "
+                f"[{s.get('min', 0):.3f}, {s.get('max', 0):.3f}]")
+        if t.label_spec.channels > 1:
+          line += f", mean norm {s['norm_sum'] / max(valid, 1):.4f}"
+        else:
+          line += f", mean {s['sum'] / max(valid, 1):.3f}"
+        out.append(line)
     return out
 
 
@@ -132,25 +120,27 @@ def inspect(builder, *, max_examples: int = 0, grid_rows: int = 4,
             out: str | None = None) -> str:
   """Prints and returns the report; writes the grid PNG to `out`."""
   meta = dict(builder.info.metadata or {})
-  tasks = list(meta.get("tasks", []))
+  names = list(meta.get("tasks", []))
+  tasks = task_base.build_all(
+      names, num_classes=dict(meta.get("num_classes", {}) or {}))
   lines = [f"{builder.name}/{builder.builder_config.name} in "
-           f"{builder.data_dir}", f"tasks: {tasks}"]
+           f"{builder.data_dir}", f"tasks: {names}"]
   panels = []
   for split in builder.info.splits:
     ds = builder.as_data_source(split)
     n = len(ds) if max_examples <= 0 else min(len(ds), max_examples)
-    stats = _Stats(tasks, dict(meta.get("num_classes", {}) or {}))
+    stats = _Stats(tasks)
     for i in range(n):
       ex = ds[i]
       stats.update(ex)
       if len(panels) < grid_rows:
-        panels.append([ex["image"]] + [colorize(t, ex[t]) for t in tasks])
+        panels.append([ex["image"]] + [colorize(t, ex[t.name]) for t in tasks])
     lines.append(f"split {split}: {len(ds)} examples"
                  + (f" (statistics on {n})" if n < len(ds) else ""))
     lines += stats.lines()
   if out and panels:
     Image.fromarray(grid(panels)).save(out)
-    lines.append(f"grid: {out} (columns: image, {', '.join(tasks)})")
+    lines.append(f"grid: {out} (columns: image, {', '.join(names)})")
   report = "\n".join(lines)
   print(report)
   return report
