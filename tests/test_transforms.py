@@ -62,7 +62,7 @@ def _geometric(ex, seed, scale_range, size, flip_p):
   ex = T.RandomScale(TASKS, scale_range).random_map(ex, rng)
   ex = T.RandomCrop(TASKS, size).random_map(ex, rng)
   ex = T.RandomHorizontalFlip(TASKS, flip_p).random_map(ex, rng)
-  return T.Pad(TASKS, size).map(ex)
+  return T.Pad(size, TASKS).map(ex)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
@@ -182,14 +182,14 @@ def test_add_ignore_regions_rules():
 def test_pad_is_centred_and_rejects_larger_images():
   ex = {"image": np.ones((3, 4, 3), np.float32),
         "semseg": np.zeros((3, 4, 1), np.uint8)}
-  out = T.Pad(_tasks("semseg"), (6, 8)).map(ex)
+  out = T.Pad((6, 8), _tasks("semseg")).map(ex)
   assert out["image"].shape == (6, 8, 3)
   img = np.zeros((6, 8, 3), np.float32)
   img[1:4, 2:6] = 1
   np.testing.assert_array_equal(out["image"], img)
   np.testing.assert_array_equal(out["semseg"][..., 0] == 255, img[..., 0] == 0)
   with pytest.raises(ValueError, match="data.image_size"):
-    T.Pad(_tasks("semseg"), (2, 8)).map(ex)
+    T.Pad((2, 8), _tasks("semseg")).map(ex)
 
 
 def _crop_ok(seg):

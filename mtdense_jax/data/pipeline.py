@@ -138,7 +138,7 @@ def train_dataset(
     ds = ds.random_map(T.RandomHorizontalFlip(tasks))
   if data_cfg.get("photometric", True):
     ds = ds.random_map(T.PhotometricDistortion())
-  ds = ds.map(T.Normalize()).map(T.Pad(tasks, size))
+  ds = ds.map(T.Normalize()).map(T.Pad(size, tasks))
   ds = ds.map(T.AddIgnoreRegions(tasks)).map(T.BlankInvalid(tasks))
   ds = ds.batch(local, drop_remainder=True)
   it_ds = ds.to_iter_dataset(_read_options(data_cfg))
@@ -189,7 +189,7 @@ def eval_dataset(
   ds = ds.map_with_index(T.MarkValid(n))
   if pc > 1:
     ds = ds[pi::pc]
-  ds = ds.map(T.Normalize()).map(T.Pad(tasks, _size(data_cfg)))
+  ds = ds.map(T.Normalize()).map(T.Pad(_size(data_cfg), tasks))
   ds = ds.map(T.AddIgnoreRegions(tasks)).map(T.BlankInvalid(tasks))
   ds = ds.batch(local, drop_remainder=True)
   return EvalData(ds, _read_options(data_cfg), n)

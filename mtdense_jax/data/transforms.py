@@ -242,8 +242,8 @@ class Pad(grain.transforms.Map):
   larger input is an error (the model is tied to one input size).
   """
 
-  tasks: tuple[base.Task, ...]
   size: tuple[int, int]
+  tasks: tuple[base.Task, ...] = ()  # () pads the image alone
 
   def map(self, element: Example) -> Example:
     h, w = element["image"].shape[:2]

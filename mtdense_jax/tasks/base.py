@@ -16,7 +16,7 @@ the configured tasks. Conventions shared by every task:
 * The key of a task everywhere (batch, heads, metrics, ``task_kw``, loss
   weights, dataset metadata) is its ``name``. ``config.tasks`` lists plugin
   entries: a built-in module name (``"depth"``, equal to its name) or a dotted
-  module path (``"my_lab.tasks.height"``) whose ``Task.name`` is the key.
+  module path (``"my_lab.tasks.curvature"``) whose ``Task.name`` is the key.
 * ``metric_update`` is pure and jit-able: it folds one batch into mergeable
   running totals (sufficient statistics) on device. ``valid`` is a ``(B,)``
   bool mask that is False for examples added to pad the last eval batch.

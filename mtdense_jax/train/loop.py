@@ -48,7 +48,7 @@ class Experiment:
 def build_tasks(config, meta: Mapping[str, Any]) -> dict[str, task_base.Task]:
   """Task objects in config order, sized from the dataset's metadata.
 
-  Keyed by Task.name (a dotted plugin entry such as "my_lab.tasks.height"
+  Keyed by Task.name (a dotted plugin entry such as "my_lab.tasks.curvature"
   is keyed by the name its Task declares); config.task_kw takes either.
   """
   available = list(meta.get("tasks", []))
