@@ -294,12 +294,21 @@ def test_semseg_class_beyond_the_class_list_is_refused(tmp_path):
     _prepare(tmp_path, str(tmp_path / "m"))
 
 
-def test_launch_reports_a_nan_depth_member_in_one_line(tmp_path):
+@pytest.mark.parametrize("case", ["nan_depth", "corrupt_member"])
+def test_launch_reports_a_bad_member_in_one_line(tmp_path, case):
   """The CLI ends with the one-line message and a non-zero exit."""
   import subprocess  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
   fa.write_nyud(tmp_path / "m", train=("0001", "0002"))
-  fa.poison_nyud_depth(tmp_path / "m", "0002", np.nan)
+  if case == "nan_depth":
+    fa.poison_nyud_depth(tmp_path / "m", "0002", np.nan)
+    want = ("Error: depth/0002.npy (image id 0002) in ",
+            "depth label holds NaN at 3 value(s)")
+  else:
+    (tmp_path / "m" / "NYUDv2" / "segmentation" / "0002.png").write_bytes(
+        b"not a png")
+    want = ("Error: segmentation/0002.png (image id 0002) is corrupt or "
+            "unreadable: UnidentifiedImageError: ", "")
   tar = fa.make_tarball(tmp_path / "m" / "NYUDv2", tmp_path / "NYUDv2.tar.gz")
   root = pathlib.Path(__file__).resolve().parents[1]
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
@@ -314,5 +323,5 @@ def test_launch_reports_a_nan_depth_member_in_one_line(tmp_path):
   assert proc.returncode != 0
   assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
   last = proc.stderr.strip().splitlines()[-1]
-  assert last.startswith("Error: depth/0002.npy (image id 0002) in "), last
-  assert "depth label holds NaN at 3 value(s)" in last
+  assert last.startswith(want[0]), last
+  assert want[1] in last
