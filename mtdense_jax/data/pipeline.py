@@ -34,8 +34,8 @@ Sharding: process p reads records p, p + P, ... (P = process count) of every
 split, so hosts see disjoint data. Train: each process shuffles its shard with
 a seed derived from (seed, p), reshuffles every epoch and repeats forever.
 Eval: the split is padded to a multiple of the global batch with copies marked
-``valid=False`` (image 0, labels their fill), so every process yields the same number
-of equally shaped batches.
+``valid=False`` (image 0, labels their fill), so every process yields the
+same number of equally shaped batches.
 """
 
 from __future__ import annotations
