@@ -225,3 +225,20 @@ def test_crafted_tarball_is_refused(tmp_path):
     _prepare(tmp_path, tar)
   assert not (tmp_path.parent / "pwned.jpg").exists()
   assert not _written(tmp_path / "tfds")
+
+
+def test_semseg_class_beyond_21_is_refused_with_member_and_id(tmp_path):
+  fa.write_pascal(tmp_path / "m", db_info=(FAKE_NYU, FAKE_CONTEXT))
+  path = tmp_path / "m" / "PASCALContext" / "semseg" / "pascal-context" / (
+      "2008_000003.png")
+  seg = np.asarray(Image.open(path)).copy()
+  seg[0, 0] = 21  # one class past the 21 (0..20) PASCAL classes
+  Image.fromarray(seg).save(path)
+  with pytest.raises(common.CorruptMemberError) as e:
+    _prepare(tmp_path, str(tmp_path / "m"))
+  msg = str(e.value)
+  assert msg.startswith("semseg/pascal-context/2008_000003.png (image id "
+                        "2008_000003)")
+  assert "semseg label has 1 value(s) outside [0, 20] or [255], e.g. [21]" in (
+      msg)
+  assert not _written(tmp_path / "tfds")
