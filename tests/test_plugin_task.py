@@ -98,3 +98,20 @@ def test_loop_trains_and_evaluates_the_plugin_task(data_dir, tmp_path):
   assert "height/mae" in rows[-1]
   meta = json.loads((tmp_path / "dataset_meta.json").read_text())
   assert meta["tasks"] == ["semseg", "height"]
+
+
+def test_build_tasks_keys_by_task_name_and_applies_task_kw(tmp_path):
+  cfg = _config(tmp_path)
+  cfg.tasks = ("semseg", "depth", "sal", ENTRY)
+  cfg.task_kw.depth = dict(invalid_value=-1, loss_max_depth=6.5535)
+  cfg.task_kw.sal = dict(loss_type="hed_bce")
+  meta = {"tasks": ["semseg", "depth", "sal", "height"],
+          "num_classes": {"semseg": 11}}
+  tasks = loop.build_tasks(cfg, meta)
+  assert list(tasks) == ["semseg", "depth", "sal", "height"]
+  assert isinstance(tasks["height"], toy_height_task.Task)
+  assert tasks["depth"].fill == -1 and tasks["depth"].loss_max_depth == 6.5535
+  assert tasks["sal"].num_outputs == 1
+  with pytest.raises(ValueError, match="provides only"):
+    loop.build_tasks(cfg, {"tasks": ["semseg", "depth", "sal"],
+                           "num_classes": {"semseg": 11}})
