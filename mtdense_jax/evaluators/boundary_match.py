@@ -1,0 +1,232 @@
+"""Fast, exact pieces of edgesEvalImg: thinning and the BSDS matcher.
+
+Why these are exact (tests/test_boundary_fast.py checks each against the
+plain full-image path, ``reference_counts``):
+
+* ``thin``: skimage's ``thin`` (bwmorph 'thin', Guo-Hall) computes every
+  pixel's 3x3 code with a zero border and deletes by lookup table; only
+  foreground pixels can change, so evaluating the codes at the foreground
+  pixels alone (a sparse set after NMS) gives the same map.
+* ``bsds_counts``: correspondPixels (BSDS ``matchEdgeMaps``) numbers the
+  matchable pixels column-major and lists candidate pairs in the same
+  order; both are unchanged when the two maps are cut to a window holding
+  every foreground pixel, and so is the random outlier graph (its draws
+  depend only on the node counts), provided the window is given the same
+  pixel tolerance and the same integer outlier cost (``_window_fraction``).
+  The assignment solver (CSA) then receives an identical problem.
+
+correspondPixels draws its sparse outlier graph from one process-wide
+random stream seeded from the clock; ``seed_matcher`` resets that stream
+(through the symbols pyEdgeEval's extension exports) so results become
+reproducible. Resetting before every call makes each call a pure function
+of its maps, whatever the order, process or threshold chunking.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import math
+import sys
+
+import numpy as np
+from pyEdgeEval._lib import correspond_pixels
+from scipy import sparse
+from scipy import spatial
+from scipy.sparse import csgraph
+from skimage.morphology import _skeletonize
+
+# skimage's two Guo-Hall sub-iteration tables (private; thin() uses them,
+# and test_thin_matches_skimage guards against a change).
+_LUTS = (np.asarray(_skeletonize.G123_LUT, bool),
+         np.asarray(_skeletonize.G123P_LUT, bool))
+# skimage's neighbourhood weights [[8, 4, 2], [16, 0, 1], [32, 64, 128]].
+_NEIGHBOURS = ((-1, -1, 8), (-1, 0, 4), (-1, 1, 2), (0, -1, 16), (0, 1, 1),
+               (1, -1, 32), (1, 0, 64), (1, 1, 128))
+_OUTLIER_COST = 100.0  # correspond_pixels' default, as SEISM uses it
+
+
+# ----------------------------------------------------------------- seeding
+
+@functools.cache
+def _random_init():
+  """(Random::_init, &Random::rand) of pyEdgeEval's extension, or None."""
+  module = sys.modules[correspond_pixels.__module__]
+  try:
+    lib = ctypes.CDLL(module.__file__)
+    init = lib._ZN6Random5_initEm  # Random::_init(uint64): sets the state
+    state = ctypes.c_void_p.in_dll(lib, "_ZN6Random4randE")  # Random::rand
+  except (AttributeError, OSError, ValueError):
+    return None
+  init.argtypes, init.restype = [ctypes.c_void_p, ctypes.c_uint64], None
+  return init, ctypes.addressof(state)
+
+
+def seed_matcher(seed: int | None) -> None:
+  """Resets correspondPixels' random stream (None: leave it alone)."""
+  if seed is None:
+    return
+  fns = _random_init()
+  if fns is None:
+    raise RuntimeError(
+        "this pyEdgeEval build does not export Random::_init, so "
+        "correspondPixels cannot be seeded: pass seed=None (clock-seeded, "
+        "not reproducible) or reinstall pyEdgeEval==0.2.8 from its sdist")
+  init, addr = fns
+  init(addr, int(seed) & 0xFFFFFFFFFFFF)
+
+
+# ---------------------------------------------------------------- thinning
+
+def thin(binary: np.ndarray) -> np.ndarray:
+  """skimage.morphology.thin on the foreground pixels only (same result)."""
+  binary = np.asarray(binary, bool)
+  h, w = binary.shape
+  padded = np.zeros((h + 2, w + 2), np.uint8)  # zero border = mode constant
+  padded[1:-1, 1:-1] = binary
+  flat = padded.reshape(-1)
+  stride = w + 2
+  offsets = [dy * stride + dx for dy, dx, _ in _NEIGHBOURS]
+  weights = np.array([wt for _, _, wt in _NEIGHBOURS], np.int32)
+  idx = np.flatnonzero(flat)
+  while True:
+    before = idx.size
+    for lut in _LUTS:
+      code = np.zeros(idx.size, np.int32)
+      for off, wt in zip(offsets, weights):
+        code += flat[idx + off] * wt
+      drop = lut[code]
+      flat[idx[drop]] = 0  # all codes first, then delete: as skimage
+      idx = idx[~drop]
+    if idx.size == before:
+      break
+  return padded[1:-1, 1:-1].astype(bool)
+
+
+# ----------------------------------------------------------------- matching
+
+def _counts(pred: np.ndarray, gt: np.ndarray, m_pred, m_gt) -> np.ndarray:
+  return np.array([np.count_nonzero(m_gt), np.count_nonzero(gt),
+                   np.count_nonzero(m_pred), np.count_nonzero(pred)],
+                  np.float64)
+
+
+def reference_counts(pred: np.ndarray, gt: np.ndarray, max_dist: float,
+                     seed: int | None = None) -> np.ndarray:
+  """[cntR, sumR, cntP, sumP]: correspondPixels on the full maps (slow).
+
+  The original implementation, kept as the reference the fast path is
+  tested against.
+  """
+  if not pred.any() or not gt.any():
+    return np.array([0, np.count_nonzero(gt), 0, np.count_nonzero(pred)],
+                    np.float64)
+  seed_matcher(seed)
+  m_pred, m_gt, _, _ = correspond_pixels(pred, gt, max_dist=max_dist)
+  return _counts(pred, gt, m_pred, m_gt)
+
+
+@functools.lru_cache(maxsize=4096)
+def _window_fraction(max_dist: float, shape: tuple[int, int],
+                     window: tuple[int, int]) -> float | None:
+  """A tolerance fraction for `window` with which correspondPixels builds
+  the same problem as with `max_dist` on the full `shape`.
+
+  correspond_pixels computes ``maxDist = f * hypot(window)`` (kept to the
+  last bit here) and ``oc = 100 * f * hypot(window)``, of which CSA only
+  sees ``ceil(100 * oc)`` (kept equal; 0.0075 on 375x500 sits exactly on
+  an integer there). None when no nearby float works.
+  """
+  big = math.sqrt(shape[0] ** 2 + shape[1] ** 2)
+  small = math.sqrt(window[0] ** 2 + window[1] ** 2)
+  want_d = max_dist * big
+  want_ow = math.ceil(_OUTLIER_COST * max_dist * big * 100)
+  cand = want_d / small
+  for step in range(16):  # a few ulps either way
+    for f in {float(np.nextafter(cand, 0.0)), cand,
+              float(np.nextafter(cand, 1.0))}:
+      if (f * small == want_d and
+          math.ceil(_OUTLIER_COST * f * small * 100) == want_ow):
+        return f
+    cand = float(np.nextafter(cand, 0.0 if step % 2 else 1.0))
+  return None
+
+
+def _window(box, shape, max_dist):
+  """(top, bottom, left, right, fraction): a window holding `box` with a
+  usable fraction, grown by up to 3 rows / columns if need be; else the
+  full map."""
+  t, b, l, r = box
+  h, w = shape
+  for grow in range(16):
+    dh, dw = grow // 4, grow % 4
+    if b - t + dh > h or r - l + dw > w:
+      continue
+    tt = max(0, min(t, h - (b - t + dh)))
+    ll = max(0, min(l, w - (r - l + dw)))
+    hh, ww = b - t + dh, r - l + dw
+    if (hh, ww) == (h, w):
+      break
+    f = _window_fraction(float(max_dist), (h, w), (hh, ww))
+    if f is not None:
+      return tt, tt + hh, ll, ll + ww, f
+  return 0, h, 0, w, max_dist
+
+
+def _box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+  rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+  if rows.size == 0:
+    return None
+  return rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+
+
+def bsds_counts(pred: np.ndarray, gt: np.ndarray, max_dist: float,
+                seed: int | None = None,
+                gt_box: tuple[int, int, int, int] | None = None
+                ) -> np.ndarray:
+  """``reference_counts``, with the maps cut to their joint bounding box.
+
+  Args:
+    pred, gt: (H, W) bool maps.
+    max_dist: tolerance as a fraction of the FULL map's diagonal.
+    seed: reset correspondPixels' random stream first (None: don't).
+    gt_box: the gt's (top, bottom, left, right), if already known.
+  """
+  p_box = _box(pred)
+  g_box = gt_box if gt_box is not None else _box(gt)
+  if p_box is None or g_box is None:  # nothing to match: no call, no draws
+    return np.array([0, np.count_nonzero(gt), 0, np.count_nonzero(pred)],
+                    np.float64)
+  box = (min(p_box[0], g_box[0]), max(p_box[1], g_box[1]),
+         min(p_box[2], g_box[2]), max(p_box[3], g_box[3]))
+  t, b, l, r, frac = _window(box, pred.shape, max_dist)
+  p, g = pred[t:b, l:r], gt[t:b, l:r]
+  seed_matcher(seed)
+  m_pred, m_gt, _, _ = correspond_pixels(p, g, max_dist=frac)
+  return _counts(p, g, m_pred, m_gt)
+
+
+def max_cardinality_counts(pred: np.ndarray, gt: np.ndarray,
+                           max_dist: float, seed: int | None = None
+                           ) -> np.ndarray:
+  """Fast stand-in: a maximum matching of the same candidate pairs.
+
+  BSDS's matcher minimises cost with a large per-outlier penalty, i.e. it
+  maximises the number of pairs within maxDist, but its random sparse
+  outlier graph sometimes leaves a few matchable pixels out. Hopcroft-Karp
+  (scipy) finds the true maximum, so its counts are an upper bound on
+  correspondPixels' (tests/test_boundary.py); NOT the reference.
+  """
+  del seed  # deterministic
+  sum_p, sum_r = int(np.count_nonzero(pred)), int(np.count_nonzero(gt))
+  if sum_p == 0 or sum_r == 0:
+    return np.array([0, sum_r, 0, sum_p], np.float64)
+  p, g = np.argwhere(pred), np.argwhere(gt)
+  pairs = spatial.cKDTree(p).sparse_distance_matrix(
+      spatial.cKDTree(g), max_dist * np.hypot(*pred.shape),
+      output_type="ndarray")
+  graph = sparse.csr_matrix(
+      (np.ones(len(pairs)), (pairs["i"], pairs["j"])), shape=(sum_p, sum_r))
+  n = int(np.count_nonzero(
+      csgraph.maximum_bipartite_matching(graph, perm_type="column") >= 0))
+  return np.array([n, sum_r, n, sum_p], np.float64)
