@@ -14,6 +14,9 @@ import math
 import numpy as np
 import pytest
 from scipy import ndimage
+from scipy import sparse
+from scipy import spatial
+from scipy.sparse import csgraph
 from skimage.morphology import thin as skimage_thin
 
 from data_builders.synthetic_scenes import builder as scenes
@@ -167,3 +170,32 @@ def test_threshold_chunks_and_pool_give_the_same_counts():
     counts.append(ev.counts)
   for c in counts[1:]:
     np.testing.assert_array_equal(c, counts[0])
+
+
+def _max_cardinality_kdtree(pred, gt, max_dist):
+  """The original max_cardinality (cKDTree pairs), frozen as reference."""
+  sum_p, sum_r = int(np.count_nonzero(pred)), int(np.count_nonzero(gt))
+  if sum_p == 0 or sum_r == 0:
+    return np.array([0, sum_r, 0, sum_p], np.float64)
+  p, g = np.argwhere(pred), np.argwhere(gt)
+  pairs = spatial.cKDTree(p).sparse_distance_matrix(
+      spatial.cKDTree(g), max_dist * np.hypot(*pred.shape),
+      output_type="ndarray")
+  graph = sparse.csr_matrix(
+      (np.ones(len(pairs)), (pairs["i"], pairs["j"])), shape=(sum_p, sum_r))
+  n = int(np.count_nonzero(
+      csgraph.maximum_bipartite_matching(graph, perm_type="column") >= 0))
+  return np.array([n, sum_r, n, sum_p], np.float64)
+
+
+def test_max_cardinality_gather_equals_kdtree_pairs():
+  rng = np.random.default_rng(5)
+  for h, w, md in ((72, 96, 0.03), (90, 120, boundary.MAX_DIST_PASCAL),
+                   (60, 80, boundary.MAX_DIST_NYUD)):
+    gt = boundary.seg2bmap(_voronoi(rng, h, w))
+    prob = _prediction(rng, gt)
+    match = match_lib.MaxCardinality(gt, md)
+    for t in (0.05, 0.2, 0.4, 0.6, 0.8):
+      pred = match_lib.thin(prob >= t)
+      np.testing.assert_array_equal(match(pred),
+                                    _max_cardinality_kdtree(pred, gt, md))

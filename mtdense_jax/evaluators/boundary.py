@@ -166,8 +166,19 @@ def apply_crop(arr: np.ndarray, crop: Crop | None) -> np.ndarray:
   return arr[top:top + h, left:left + w]
 
 
-_MATCHERS = {"bsds": match_lib.bsds_counts,
-             "max_cardinality": match_lib.max_cardinality_counts}
+def _bsds(gt: np.ndarray, max_dist: float):
+  box = match_lib.foreground_box(gt)
+  return lambda pred, seed: match_lib.bsds_counts(pred, gt, max_dist, seed,
+                                                  gt_box=box)
+
+
+def _reference(gt: np.ndarray, max_dist: float):
+  return lambda pred, seed: match_lib.reference_counts(pred, gt, max_dist,
+                                                       seed)
+
+
+# name -> (gt, max_dist) -> per-threshold (pred, seed) -> counts.
+_MATCHERS = {"bsds": _bsds, "max_cardinality": match_lib.MaxCardinality}
 
 
 class StageTimes(dict):
@@ -217,9 +228,9 @@ def image_counts(prob: np.ndarray, gt: np.ndarray, max_dist: float,
   if indices is not None:
     thr = thr[np.asarray(indices, int)]
   if slow_reference:
-    match, thin_fn = match_lib.reference_counts, _skimage_thin
+    make_match, thin_fn = _reference, _skimage_thin
   else:
-    match, thin_fn = _MATCHERS[matcher], match_lib.thin
+    make_match, thin_fn = _MATCHERS[matcher], match_lib.thin
   e = apply_crop(prob, crop).astype(np.float32)
   g = gt_boundaries(apply_crop(gt, crop), gt_mode)
   if e.shape != g.shape:
@@ -232,6 +243,7 @@ def image_counts(prob: np.ndarray, gt: np.ndarray, max_dist: float,
   t0 = profile.add("nms", t0) if profile is not None else t0
   out = np.zeros((thr.size, 4), np.float64)
   sum_r = int(np.count_nonzero(g))
+  match = make_match(g, max_dist)
   # Binarise: pixels >= t, compared in single. Nested sets: a map is known
   # by its size, so equal sizes reuse the previous counts.
   cut = np.float32(np.maximum(_EPS, thr))
@@ -251,7 +263,7 @@ def image_counts(prob: np.ndarray, gt: np.ndarray, max_dist: float,
     if thin and n:
       b = thin_fn(b)
     t0 = profile.add("thin", t0) if profile is not None else t0
-    out[k] = prev_row = match(b, g, max_dist, seed)
+    out[k] = prev_row = match(b, seed)
     t0 = profile.add("match", t0) if profile is not None else t0
     prev_n = n
   return out

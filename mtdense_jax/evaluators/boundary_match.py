@@ -32,7 +32,6 @@ import sys
 import numpy as np
 from pyEdgeEval._lib import correspond_pixels
 from scipy import sparse
-from scipy import spatial
 from scipy.sparse import csgraph
 from skimage.morphology import _skeletonize
 
@@ -86,17 +85,14 @@ def thin(binary: np.ndarray) -> np.ndarray:
   padded[1:-1, 1:-1] = binary
   flat = padded.reshape(-1)
   stride = w + 2
-  offsets = [dy * stride + dx for dy, dx, _ in _NEIGHBOURS]
+  offsets = np.array([dy * stride + dx for dy, dx, _ in _NEIGHBOURS])[:, None]
   weights = np.array([wt for _, _, wt in _NEIGHBOURS], np.int32)
   idx = np.flatnonzero(flat)
   while True:
     before = idx.size
     for lut in _LUTS:
-      code = np.zeros(idx.size, np.int32)
-      for off, wt in zip(offsets, weights):
-        code += flat[idx + off] * wt
-      drop = lut[code]
-      flat[idx[drop]] = 0  # all codes first, then delete: as skimage
+      drop = lut[weights @ flat[idx + offsets]]  # every code, then delete
+      flat[idx[drop]] = 0
       idx = idx[~drop]
     if idx.size == before:
       break
@@ -173,7 +169,8 @@ def _window(box, shape, max_dist):
   return 0, h, 0, w, max_dist
 
 
-def _box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+def foreground_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+  """(top, bottom, left, right) of a map's foreground; None if empty."""
   rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
   if rows.size == 0:
     return None
@@ -192,8 +189,8 @@ def bsds_counts(pred: np.ndarray, gt: np.ndarray, max_dist: float,
     seed: reset correspondPixels' random stream first (None: don't).
     gt_box: the gt's (top, bottom, left, right), if already known.
   """
-  p_box = _box(pred)
-  g_box = gt_box if gt_box is not None else _box(gt)
+  p_box = foreground_box(pred)
+  g_box = gt_box if gt_box is not None else foreground_box(gt)
   if p_box is None or g_box is None:  # nothing to match: no call, no draws
     return np.array([0, np.count_nonzero(gt), 0, np.count_nonzero(pred)],
                     np.float64)
@@ -206,9 +203,7 @@ def bsds_counts(pred: np.ndarray, gt: np.ndarray, max_dist: float,
   return _counts(p, g, m_pred, m_gt)
 
 
-def max_cardinality_counts(pred: np.ndarray, gt: np.ndarray,
-                           max_dist: float, seed: int | None = None
-                           ) -> np.ndarray:
+class MaxCardinality:
   """Fast stand-in: a maximum matching of the same candidate pairs.
 
   BSDS's matcher minimises cost with a large per-outlier penalty, i.e. it
@@ -216,17 +211,55 @@ def max_cardinality_counts(pred: np.ndarray, gt: np.ndarray,
   outlier graph sometimes leaves a few matchable pixels out. Hopcroft-Karp
   (scipy) finds the true maximum, so its counts are an upper bound on
   correspondPixels' (tests/test_boundary.py); NOT the reference.
+
+  Built once per image (gt pixel ids, the pixels within reach of the gt,
+  the integer offsets within maxDist) and called per threshold; pairs come
+  from one gather over those offsets, only for predicted pixels in reach.
   """
-  del seed  # deterministic
-  sum_p, sum_r = int(np.count_nonzero(pred)), int(np.count_nonzero(gt))
-  if sum_p == 0 or sum_r == 0:
-    return np.array([0, sum_r, 0, sum_p], np.float64)
-  p, g = np.argwhere(pred), np.argwhere(gt)
-  pairs = spatial.cKDTree(p).sparse_distance_matrix(
-      spatial.cKDTree(g), max_dist * np.hypot(*pred.shape),
-      output_type="ndarray")
-  graph = sparse.csr_matrix(
-      (np.ones(len(pairs)), (pairs["i"], pairs["j"])), shape=(sum_p, sum_r))
-  n = int(np.count_nonzero(
-      csgraph.maximum_bipartite_matching(graph, perm_type="column") >= 0))
-  return np.array([n, sum_r, n, sum_p], np.float64)
+
+  def __init__(self, gt: np.ndarray, max_dist: float):
+    gt = np.asarray(gt, bool)
+    self.shape = gt.shape
+    d = float(max_dist) * math.sqrt(gt.shape[0] ** 2 + gt.shape[1] ** 2)
+    r = int(math.ceil(d))
+    dy, dx = np.mgrid[-r:r + 1, -r:r + 1]
+    keep = dy ** 2 + dx ** 2 <= d * d  # matchEdgeMaps: d2 > maxDist^2 out
+    self._pad = r
+    wp = gt.shape[1] + 2 * r
+    self._offsets = (dy[keep] * wp + dx[keep]).astype(np.intp)
+    ids = np.full((gt.shape[0] + 2 * r, wp), -1, np.int32)
+    self.sum_r = int(np.count_nonzero(gt))
+    ids[r:r + gt.shape[0], r:r + gt.shape[1]][gt] = np.arange(self.sum_r)
+    self._ids = ids.reshape(-1)
+    near = np.zeros(ids.shape, bool)
+    for oy, ox in zip(dy[keep], dx[keep]):  # dilate by the disc
+      near[r + oy:r + oy + gt.shape[0], r + ox:r + ox + gt.shape[1]] |= gt
+    self._near = near[r:r + gt.shape[0], r:r + gt.shape[1]]
+
+  def __call__(self, pred: np.ndarray, seed: int | None = None
+               ) -> np.ndarray:
+    del seed  # deterministic
+    sum_p = int(np.count_nonzero(pred))
+    if sum_p == 0 or self.sum_r == 0:
+      return np.array([0, self.sum_r, 0, sum_p], np.float64)
+    ys, xs = np.nonzero(pred & self._near)
+    if ys.size == 0:
+      return np.array([0, self.sum_r, 0, sum_p], np.float64)
+    wp = self.shape[1] + 2 * self._pad
+    flat = (ys + self._pad) * wp + xs + self._pad
+    cand = self._ids[flat[:, None] + self._offsets[None, :]]
+    hit = cand >= 0
+    indptr = np.concatenate([[0], np.cumsum(hit.sum(1))])
+    graph = sparse.csr_matrix(
+        (np.ones(int(indptr[-1]), np.int8), cand[hit], indptr),
+        shape=(ys.size, self.sum_r))
+    n = int(np.count_nonzero(
+        csgraph.maximum_bipartite_matching(graph, perm_type="column") >= 0))
+    return np.array([n, self.sum_r, n, sum_p], np.float64)
+
+
+def max_cardinality_counts(pred: np.ndarray, gt: np.ndarray,
+                           max_dist: float, seed: int | None = None
+                           ) -> np.ndarray:
+  """One-off ``MaxCardinality`` (see there)."""
+  return MaxCardinality(gt, max_dist)(pred, seed)
