@@ -77,17 +77,11 @@ def seed_matcher(seed: int | None) -> None:
 
 # ---------------------------------------------------------------- thinning
 
-def thin(binary: np.ndarray) -> np.ndarray:
-  """skimage.morphology.thin on the foreground pixels only (same result)."""
-  binary = np.asarray(binary, bool)
-  h, w = binary.shape
-  padded = np.zeros((h + 2, w + 2), np.uint8)  # zero border = mode constant
-  padded[1:-1, 1:-1] = binary
-  flat = padded.reshape(-1)
-  stride = w + 2
+def _thin_flat(flat: np.ndarray, idx: np.ndarray, stride: int) -> np.ndarray:
+  """Thins the pixels `idx` of a zero-bordered flat uint8 map in place;
+  returns the survivors. Only foreground codes are computed."""
   offsets = np.array([dy * stride + dx for dy, dx, _ in _NEIGHBOURS])[:, None]
   weights = np.array([wt for _, _, wt in _NEIGHBOURS], np.int32)
-  idx = np.flatnonzero(flat)
   while True:
     before = idx.size
     for lut in _LUTS:
@@ -95,8 +89,52 @@ def thin(binary: np.ndarray) -> np.ndarray:
       flat[idx[drop]] = 0
       idx = idx[~drop]
     if idx.size == before:
-      break
+      return idx
+
+
+def thin(binary: np.ndarray) -> np.ndarray:
+  """skimage.morphology.thin on the foreground pixels only (same result)."""
+  binary = np.asarray(binary, bool)
+  h, w = binary.shape
+  padded = np.zeros((h + 2, w + 2), np.uint8)  # zero border = mode constant
+  padded[1:-1, 1:-1] = binary
+  flat = padded.reshape(-1)
+  _thin_flat(flat, np.flatnonzero(flat), w + 2)
   return padded[1:-1, 1:-1].astype(bool)
+
+
+class Sweep:
+  """One image's (NMS) map as nested pixel sets, one per threshold.
+
+  Pixels are sorted by value once; the set ``>= cut`` is a prefix of that
+  order, so no threshold touches the whole image.
+  """
+
+  def __init__(self, e: np.ndarray):
+    self.shape = e.shape
+    h, w = e.shape
+    flat = e.reshape(-1)
+    nz = np.flatnonzero(flat > 0)  # every cut is >= eps > 0
+    order = np.argsort(-flat[nz], kind="stable")
+    self._asc = flat[nz][order][::-1].copy()
+    pix = nz[order]
+    self._padded = pix + 2 * (pix // w) + w + 3  # in the (h+2, w+2) frame
+    self._buf = np.zeros((h + 2) * (w + 2), np.uint8)
+
+  def size(self, cut: np.ndarray) -> np.ndarray:
+    """How many pixels are >= each cut (same dtype as the map)."""
+    return self._asc.size - np.searchsorted(self._asc, cut, side="left")
+
+  def pixels(self, n: int, thin_them: bool = True
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, cols) of the n strongest pixels, thinned if asked."""
+    idx = self._padded[:n]
+    if thin_them:
+      self._buf[idx] = 1
+      idx = _thin_flat(self._buf, idx.copy(), self.shape[1] + 2)
+      self._buf[self._padded[:n]] = 0
+    rows, cols = np.divmod(idx, self.shape[1] + 2)
+    return rows - 1, cols - 1
 
 
 # ----------------------------------------------------------------- matching
@@ -238,11 +276,17 @@ class MaxCardinality:
 
   def __call__(self, pred: np.ndarray, seed: int | None = None
                ) -> np.ndarray:
+    return self.pixels(*np.nonzero(pred), seed)
+
+  def pixels(self, ys: np.ndarray, xs: np.ndarray,
+             seed: int | None = None) -> np.ndarray:
+    """Counts for the predicted pixels (ys, xs)."""
     del seed  # deterministic
-    sum_p = int(np.count_nonzero(pred))
+    sum_p = int(ys.size)
     if sum_p == 0 or self.sum_r == 0:
       return np.array([0, self.sum_r, 0, sum_p], np.float64)
-    ys, xs = np.nonzero(pred & self._near)
+    keep = self._near[ys, xs]
+    ys, xs = ys[keep], xs[keep]
     if ys.size == 0:
       return np.array([0, self.sum_r, 0, sum_p], np.float64)
     wp = self.shape[1] + 2 * self._pad
@@ -256,6 +300,25 @@ class MaxCardinality:
     n = int(np.count_nonzero(
         csgraph.maximum_bipartite_matching(graph, perm_type="column") >= 0))
     return np.array([n, self.sum_r, n, sum_p], np.float64)
+
+
+class Bsds:
+  """``bsds_counts`` against one gt (its box found once)."""
+
+  def __init__(self, gt: np.ndarray, max_dist: float):
+    self.gt, self.max_dist = gt, max_dist
+    self.sum_r = int(np.count_nonzero(gt))
+    self._box = foreground_box(gt)
+
+  def __call__(self, pred: np.ndarray, seed: int | None = None
+               ) -> np.ndarray:
+    return bsds_counts(pred, self.gt, self.max_dist, seed, gt_box=self._box)
+
+  def pixels(self, ys: np.ndarray, xs: np.ndarray,
+             seed: int | None = None) -> np.ndarray:
+    pred = np.zeros(self.gt.shape, bool)
+    pred[ys, xs] = True
+    return self(pred, seed)
 
 
 def max_cardinality_counts(pred: np.ndarray, gt: np.ndarray,
