@@ -188,7 +188,8 @@ def apply_crop(arr: np.ndarray, crop: Crop | None) -> np.ndarray:
 
 
 # name -> (gt, max_dist) -> a per-image matcher (``.pixels(ys, xs, seed)``).
-_MATCHERS = {"bsds": match_lib.Bsds, "max_cardinality": match_lib.MaxCardinality}
+_MATCHERS = {"bsds": match_lib.Bsds,
+             "max_cardinality": match_lib.MaxCardinality}
 
 
 class StageTimes(dict):

@@ -175,14 +175,13 @@ def _window_fraction(max_dist: float, shape: tuple[int, int],
   small = math.sqrt(window[0] ** 2 + window[1] ** 2)
   want_d = max_dist * big
   want_ow = math.ceil(_OUTLIER_COST * max_dist * big * 100)
-  cand = want_d / small
-  for step in range(16):  # a few ulps either way
-    for f in {float(np.nextafter(cand, 0.0)), cand,
-              float(np.nextafter(cand, 1.0))}:
+  lo = hi = want_d / small
+  for _ in range(8):  # outward, a few ulps either way
+    for f in (lo, hi):
       if (f * small == want_d and
           math.ceil(_OUTLIER_COST * f * small * 100) == want_ow):
         return f
-    cand = float(np.nextafter(cand, 0.0 if step % 2 else 1.0))
+    lo, hi = float(np.nextafter(lo, 0.0)), float(np.nextafter(hi, 1.0))
   return None
 
 
