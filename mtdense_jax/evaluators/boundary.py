@@ -201,6 +201,10 @@ class StageTimes(dict):
     return now
 
 
+def _tick(profile: StageTimes | None, stage: str, t0: float) -> float:
+  return profile.add(stage, t0) if profile is not None else t0
+
+
 def image_counts(prob: np.ndarray, gt: np.ndarray, max_dist: float,
                  thresholds: int | Sequence[float] | None = None,
                  nms: bool = True, *, gt_mode: str = "auto",
@@ -246,18 +250,18 @@ def image_counts(prob: np.ndarray, gt: np.ndarray, max_dist: float,
     raise ValueError(f"prob {e.shape} and gt {g.shape} differ in shape")
   if quantize:
     e = quantize_uint8(e)
-  t0 = profile.add("prepare", t0) if profile is not None else t0
+  t0 = _tick(profile, "prepare", t0)
   if nms:
     e = edge_nms(e).astype(np.float32)  # edgesNmsMex returns single
-  t0 = profile.add("nms", t0) if profile is not None else t0
+  t0 = _tick(profile, "nms", t0)
   # Binarise: pixels >= t, compared in single.
   cut = np.float32(np.maximum(_EPS, thr))
   if slow_reference:
-    return _reference_sweep(e, g, cut, max_dist, thin, seed)
+    return _reference_sweep(e, g, cut, max_dist, thin, seed, profile, t0)
   out = np.zeros((thr.size, 4), np.float64)
   sweep, match = match_lib.Sweep(e), match(g, max_dist)
   sizes = sweep.size(cut)
-  t0 = profile.add("binarise", t0) if profile is not None else t0
+  t0 = _tick(profile, "binarise", t0)
   prev_n = -1
   for k, n in enumerate(sizes):
     if n == prev_n:  # nested sets: same size, same map, same counts
@@ -267,26 +271,30 @@ def image_counts(prob: np.ndarray, gt: np.ndarray, max_dist: float,
       out[k:] = (0, match.sum_r, 0, 0)
       break
     ys, xs = sweep.pixels(int(n), thin)
-    t0 = profile.add("thin", t0) if profile is not None else t0
+    t0 = _tick(profile, "thin", t0)
     out[k] = match.pixels(ys, xs, seed)
-    t0 = profile.add("match", t0) if profile is not None else t0
+    t0 = _tick(profile, "match", t0)
     prev_n = n
   return out
 
 
-def _reference_sweep(e, g, cut, max_dist, thin, seed) -> np.ndarray:
+def _reference_sweep(e, g, cut, max_dist, thin, seed, profile, t0
+                     ) -> np.ndarray:
   """The original loop: full-image maps, skimage thin, correspondPixels."""
   out = np.zeros((cut.size, 4), np.float64)
   prev_n, prev_row = -1, None
   for k, t in enumerate(cut):
     b = e >= t
     n = int(np.count_nonzero(b))
+    t0 = _tick(profile, "binarise", t0)
     if n == prev_n:  # nested sets: same size means the same map
       out[k] = prev_row
       continue
     if thin and n:
       b = _skimage_thin(b)
+    t0 = _tick(profile, "thin", t0)
     out[k] = prev_row = match_lib.reference_counts(b, g, max_dist, seed)
+    t0 = _tick(profile, "match", t0)
     prev_n = n
   return out
 
