@@ -54,6 +54,10 @@ def test_thin_matches_skimage():
     np.testing.assert_array_equal(match_lib.thin(b), skimage_thin(b))
   ring = np.hypot(*np.mgrid[-20:21, -20:21]) < 15  # thick blob -> skeleton
   np.testing.assert_array_equal(match_lib.thin(ring), skimage_thin(ring))
+  for k in range(20):  # thick random shapes: many incremental iterations
+    b = ndimage.binary_dilation(rng.random((30 + k, 45)) < 0.03,
+                                iterations=1 + k % 4)
+    np.testing.assert_array_equal(match_lib.thin(b), skimage_thin(b))
   assert not match_lib.thin(np.zeros((5, 5), bool)).any()
 
 
