@@ -60,19 +60,21 @@ atan vs numpy's, and single-vs-double ties at a threshold; whether
 bwmorph 'thin' equals skimage's Guo-Hall ``thin`` bit for bit; the exact
 HED.txt list and SEISM's NYUD edge PNGs.
 
-Speed and exactness. The default path (``boundary_match``) thins only the
-foreground pixels, hands correspondPixels the two maps cut to their joint
-bounding box (an identical assignment problem) and stops at the first
-empty threshold; ``seed`` resets the matcher's random stream before every
-call, so counts are reproducible and equal, count for count, to the
-original full-image path (``slow_reference=True``,
-tests/test_boundary_fast.py). correspondPixels' assignment solver (CSA)
-is then ~99 % of the time: ~14 CPU s per PASCAL-size image on cluttered
-synthetic maps (benchmarks/boundary_eval.py), i.e. ~10 h for PASCAL val on
-2 cores. ``matcher="max_cardinality"`` (Hopcroft-Karp on the same
-candidate pairs; an upper bound, deterministic) takes ~0.2 CPU s and
-moves odsF by +0.0007 on those scenes and +0.0009 on 100 synthetic-scenes
-val images (``--val 100``); off by default.
+Speed and exactness. The default path (``boundary_match``) sorts the NMS
+pixels once (each threshold's set is a prefix), thins only foreground
+pixels, hands correspondPixels the two maps cut to their joint bounding
+box (an identical assignment problem) and stops at the first empty
+threshold; ``seed`` resets the matcher's random stream before every call,
+so counts are reproducible and equal, count for count, to the original
+full-image path (``slow_reference=True``; tests/test_boundary_fast.py).
+correspondPixels' assignment solver (CSA, compiled, not ours to change
+without changing the counts) is then ~99 % of the time: ~14 CPU s per
+PASCAL-size image on cluttered synthetic maps (benchmarks/boundary_eval.py;
+the original path: ~14.3), i.e. ~10 h for PASCAL val on 2 free cores.
+``matcher="max_cardinality"`` (Hopcroft-Karp on the same candidate pairs;
+deterministic, an upper bound) takes ~0.15-0.3 CPU s (~10 min for PASCAL
+val on 2 cores) and moves odsF by +0.0002 on those scenes and +0.0009 on
+100 synthetic-scenes val images (``--val 100``); off by default.
 
 Empty cases (SEISM ``eval_cont``): no gt boundary -> R = 1, P = 0; nothing
 predicted -> R = 0, P = 1; F = 0 when P + R = 0. Dataset level follows
