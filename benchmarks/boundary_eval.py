@@ -1,25 +1,29 @@
 r"""Seconds per image of the SEISM boundary protocol (evaluators/boundary.py).
 
   python benchmarks/boundary_eval.py [--images 2] [--processes 2] \
-      [--thresholds 101]
+      [--thresholds 101] [--reference] [--val 0]
 
 Synthetic scenes at PASCAL-Context size (375x500, maxDist 0.0075) and NYUD
 size (448x576, maxDist 0.011): a Voronoi segmentation as gt (seg2bmap), the
 prediction a blurred, slightly displaced copy of its boundaries plus smooth
 low-frequency clutter (what a network's sigmoid map looks like away from
-edges, so NMS keeps background ridges at low thresholds). Prints the serial
-seconds per image (one process; wall and CPU, the CPU figure being the one
-to trust on a shared machine) with the reference matcher (correspondPixels)
-and with the fast ``max_cardinality`` stand-in, and the wall seconds per
-image of the reference with a pool of ``--processes`` workers (the
-BoundaryEvaluator path). correspondPixels dominates; its cost grows with the
-number of predicted pixels, i.e. with low thresholds and cluttered
-predictions, so real maps may differ.
+edges, so NMS keeps background ridges at low thresholds). Prints, per size,
+the serial seconds per image (wall and CPU: on a shared machine trust CPU)
+with the seconds per stage (prepare, nms, binarise, thin, match), for the
+exact default path, the original full-image path (``--reference``; its
+counts are checked equal) and the ``max_cardinality`` shortcut; then, for
+both matchers, the evaluator's pool (wall and worker CPU seconds per image,
+counts checked equal to serial) and the projected time of PASCAL-Context
+val (5,105 images). ``--val N`` also scores N
+synthetic-scenes val images with both matchers (odsF difference of the
+shortcut). correspondPixels' assignment solver dominates; its cost grows
+with the number of matchable pixels, so real maps may differ.
 """
 
 from __future__ import annotations
 
 import pathlib
+import resource
 import sys
 import time
 
@@ -32,16 +36,25 @@ from scipy import ndimage
 
 from mtdense_jax.evaluators import boundary
 
-flags.DEFINE_integer("images", 2, "Images per size.")
+flags.DEFINE_integer("images", 2, "Images per size (0: only --val).")
 flags.DEFINE_integer("processes", 2,
                      "Pool size for the parallel timing (0: skip it).")
 flags.DEFINE_integer("thresholds", 101,
                      "101 = SEISM's HED list; K = linspace(1/(K+1), ..).")
 flags.DEFINE_integer("seed", 0, "Scene seed.")
+flags.DEFINE_bool("reference", False,
+                  "Also time the original full-image path (slow) and check "
+                  "its counts equal the default path's.")
+flags.DEFINE_integer("chunks", 1, "Threshold chunks per image in the pool.")
+flags.DEFINE_integer("pool_images", 40,
+                     "Images (repeats) for the max_cardinality pool timing.")
+flags.DEFINE_integer("val", 0, "Synthetic-scenes val images to score with "
+                     "both matchers (odsF difference of max_cardinality).")
 FLAGS = flags.FLAGS
 
 SIZES = {"pascal_context": ((375, 500), boundary.MAX_DIST_PASCAL),
          "nyud": ((448, 576), boundary.MAX_DIST_NYUD)}
+PASCAL_VAL = 5105
 
 
 def scene(rng: np.random.Generator, h: int, w: int,
@@ -63,15 +76,27 @@ def scene(rng: np.random.Generator, h: int, w: int,
   return np.clip(prob, 0.0, 1.0), seg
 
 
-def _serial(data, max_dist, thresholds, matcher):
-  """(wall s/image, CPU s/image, counts) of one process."""
+def _serial(data, max_dist, thresholds, **kw):
+  """(wall s/image, CPU s/image, counts, StageTimes per image)."""
+  prof = boundary.StageTimes()
   t0, c0 = time.perf_counter(), time.process_time()
   counts = [boundary.image_counts(p, s, max_dist, thresholds,
-                                  gt_mode="segmentation", matcher=matcher)
+                                  gt_mode="segmentation", profile=prof, **kw)
             for p, s in data]
   n = len(data)
+  per = {k: v / n for k, v in prof.items()}
   return ((time.perf_counter() - t0) / n, (time.process_time() - c0) / n,
-          np.stack(counts))
+          np.stack(counts), per)
+
+
+def _children_cpu() -> float:
+  r = resource.getrusage(resource.RUSAGE_CHILDREN)
+  return r.ru_utime + r.ru_stime
+
+
+def _hms(sec: float) -> str:
+  m, s = divmod(int(sec), 60)
+  return f"{m // 60:d}:{m % 60:02d}:{s:02d}"
 
 
 def run_size(name: str, thresholds) -> None:
@@ -79,21 +104,78 @@ def run_size(name: str, thresholds) -> None:
   rng = np.random.default_rng(FLAGS.seed)
   data = [scene(rng, h, w) for _ in range(FLAGS.images)]
   print(f"{name} {h}x{w}, maxDist {max_dist}:")
-  for matcher in ("bsds", "max_cardinality"):
-    sec, cpu, counts = _serial(data, max_dist, thresholds, matcher)
+  runs = [("bsds (exact)", dict(matcher="bsds"))]
+  if FLAGS.reference:
+    runs.append(("bsds reference", dict(slow_reference=True)))
+  runs.append(("max_cardinality", dict(matcher="max_cardinality")))
+  exact = shortcut = None
+  for label, kw in runs:
+    sec, cpu, counts, per = _serial(data, max_dist, thresholds, **kw)
     s = boundary.summarize(counts)
-    print(f"  {matcher:15s} serial {sec:6.2f} s/image ({cpu:6.2f} CPU s)  "
-          f"odsF {s['odsF']:.4f} oisF {s['oisF']:.4f} AP {s['AP']:.4f}")
+    same = ""
+    if label == "bsds (exact)":
+      exact = counts
+    elif label == "max_cardinality":
+      shortcut = counts
+    elif label == "bsds reference":
+      same = ("  counts EQUAL" if np.array_equal(counts, exact)
+              else "  counts DIFFER")
+    print(f"  {label:16s} serial {sec:6.2f} s/image ({cpu:6.2f} CPU s)  "
+          f"odsF {s['odsF']:.4f} oisF {s['oisF']:.4f} AP {s['AP']:.4f}"
+          f"{same}")
+    print("    " + "  ".join(f"{k} {v:.3f}" for k, v in per.items()))
   if FLAGS.processes > 0:  # the evaluator's pool; spawn start-up included
-    ev = boundary.BoundaryEvaluator(max_dist, thresholds,
-                                    gt_mode="segmentation",
-                                    processes=FLAGS.processes)
-    t0 = time.perf_counter()
-    for p, s in data:
-      ev.add(p, s)
-    ev.close()
-    sec = (time.perf_counter() - t0) / len(data)
-    print(f"  {'bsds':15s} pool({FLAGS.processes}) {sec:6.2f} s/image wall")
+    for matcher, serial in (("bsds", exact), ("max_cardinality", shortcut)):
+      # The fast matcher's images are repeated so start-up is amortised.
+      reps = 1 if matcher == "bsds" else -(-FLAGS.pool_images // len(data))
+      ev = boundary.BoundaryEvaluator(max_dist, thresholds,
+                                      gt_mode="segmentation",
+                                      processes=FLAGS.processes,
+                                      chunks=FLAGS.chunks, matcher=matcher)
+      t0, c0 = time.perf_counter(), _children_cpu()
+      for p, s in data * reps:
+        ev.add(p, s)
+      ev.close()  # joins the workers, so their CPU time is counted
+      sec = (time.perf_counter() - t0) / (len(data) * reps)
+      cpu = (_children_cpu() - c0) / (len(data) * reps)
+      same = np.array_equal(ev.counts, np.concatenate([serial] * reps))
+      print(f"  {matcher:16s} pool({FLAGS.processes}) {sec:6.3f} s/image "
+            f"wall, {cpu:6.3f} CPU s ({len(data) * reps} images); counts "
+            f"{'EQUAL' if same else 'DIFFER'} to serial")
+      if name == "pascal_context":
+        print(f"    PASCAL-Context val ({PASCAL_VAL} images): "
+              f"{_hms(sec * PASCAL_VAL)} at this wall rate, "
+              f"{_hms(cpu * PASCAL_VAL / FLAGS.processes)} if the "
+              f"{FLAGS.processes} processes had a core each")
+
+
+def val_shortcut(n: int) -> None:
+  """odsF of both matchers on synthetic-scenes val (pascal_like)."""
+  from data_builders.synthetic_scenes import builder as scenes  # pylint: disable=g-import-not-at-top
+  cfg = scenes.derive_config("pascal_like")
+  rng = np.random.default_rng(FLAGS.seed)
+  counts = {"bsds": [], "max_cardinality": []}
+  for i in range(n):
+    ex = scenes.render_example(cfg, "validation", i)
+    edges = ndimage.shift(ex["edge"].astype(float), rng.integers(-1, 2, 2),
+                          order=0)
+    prob = ndimage.gaussian_filter(edges, 1.0)
+    clutter = ndimage.gaussian_filter(rng.random(edges.shape), 2.0)
+    clutter = (clutter - clutter.min()) / np.ptp(clutter)
+    prob = np.clip(0.9 * prob / max(prob.max(), 1e-9) + 0.2 * clutter, 0, 1)
+    for m in counts:
+      counts[m].append(boundary.image_counts(
+          prob, ex["edge"], scenes.EDGE_MAX_DIST, gt_mode="boundary",
+          matcher=m))
+  s = {m: boundary.summarize(np.stack(c)) for m, c in counts.items()}
+  print(f"synthetic-scenes val ({n} images, {cfg.height}x{cfg.width}, "
+        f"maxDist {scenes.EDGE_MAX_DIST}):")
+  for m, v in s.items():
+    print(f"  {m:16s} odsF {v['odsF']:.5f} oisF {v['oisF']:.5f} "
+          f"AP {v['AP']:.5f}")
+  d = {k: s["max_cardinality"][k] - s["bsds"][k] for k in s["bsds"]}
+  print("  max_cardinality - bsds: " + "  ".join(
+      f"{k} {v:+.5f}" for k, v in d.items()))
 
 
 def main(argv):
@@ -101,8 +183,10 @@ def main(argv):
   thresholds = None if FLAGS.thresholds == 101 else FLAGS.thresholds
   n = boundary.resolve_thresholds(thresholds).size
   print(f"{n} thresholds, {FLAGS.images} images per size")
-  for name in SIZES:
+  for name in SIZES if FLAGS.images > 0 else ():
     run_size(name, thresholds)
+  if FLAGS.val:
+    val_shortcut(FLAGS.val)
 
 
 if __name__ == "__main__":

@@ -93,7 +93,12 @@ def base_config() -> mlc.ConfigDict:
       boundary=mlc.ConfigDict(dict(
           enabled=False, max_dist=mlc.config_dict.placeholder(float),
           thresholds=mlc.config_dict.placeholder(int), matcher="bsds",
-          processes=0))))
+          processes=0,
+          # Threshold tasks per image in the pool; correspondPixels' seed
+          # (reset per call; None = clock, not reproducible); gt_mode and
+          # gt_key (a batch key, e.g. a LabelMap) of the boundary gt.
+          chunks=1, seed=1, gt_mode="auto",
+          gt_key=mlc.config_dict.placeholder(str)))))
   c.mesh = mlc.ConfigDict(dict(data=-1, model=1))
   # strategy: "replicate" | "fsdp" (largest divisible dim over 'data' for
   # leaves >= min_size elements) | "rules" (((regex, spec), ...) in rules).

@@ -2,9 +2,11 @@
 
 Known-answer cases on tiny synthetic maps, plus agreement with pyEdgeEval's
 own evaluation on the same data. correspondPixels (BSDS, compiled in
-pyEdgeEval) builds a random sparse outlier graph seeded from the clock, so
-its counts can differ from run to run by a few pixels on dense, ambiguous
-maps; the tolerances below say where that matters.
+pyEdgeEval) builds a random sparse outlier graph; SEISM seeds it from the
+clock, so its counts can differ from run to run by a few pixels on dense,
+ambiguous maps. image_counts reseeds it (seed=1 by default, so these runs
+are deterministic), but the tolerances below keep to what any seed gives.
+Exactness of the fast path: test_boundary_fast.py.
 """
 
 from __future__ import annotations

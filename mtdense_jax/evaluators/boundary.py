@@ -39,19 +39,42 @@ Ground truth (the wrapper's ``db_gt.m``): PASCAL-Context passes the 459-class
 segmentation, which turns each 1-pixel edge line into a 2-pixel band.
 ``gt_mode``: "segmentation" (seg2bmap, SEISM as coded), "boundary" (the
 binary map is the boundary map, BSDS/pyEdgeEval style) or "auto" (a {0,1}
-map is a boundary map, anything else a segmentation).
+map is a boundary map, anything else a segmentation). LabelMap mode needs
+the label map itself (config ``eval.boundary.gt_key`` names its batch key,
+``gt_mode="segmentation"``): seg2bmap(LabelMap) cannot be rebuilt from the
+stored PASCAL edge target thin(|Laplacian(LabelMap)| > 0) (other pixels,
+thinned) nor from the 21-class semseg map (a coarser partition). Without
+it the PASCAL score is against that edge target, not SEISM's gt.
 
 With 1-pixel gt lines that NYUD reading caps recall near 1/2 (a perfect
 1-pixel prediction scores F ~ 0.62), hard to square with published NYUD odsF
 ~ 0.77; which edge PNGs SEISM's NYUD root held is unknown here, so "auto"
 keeps a {0, 1} map as the boundary map and "segmentation" is opt-in.
 
-correspondPixels seeds its random sparse outlier graph from the clock, so
-SEISM itself is not bit-reproducible: on ambiguous maps a few matchable
-pixels (0-0.5 %) go unmatched, differently from run to run. ``matcher=
-"max_cardinality"`` (scipy Hopcroft-Karp on the same candidate pairs) is a
-deterministic, ~10x faster upper bound within that noise; "bsds" (the
-compiled BSDS code from pyEdgeEval) stays the default.
+Reproduced exactly: steps 1, 3 (given the list), 5, seg2bmap, and the BSDS
+matcher itself (the same compiled code). Unknowable without MATLAB: the
+clock-seeded outlier graph of SEISM's correspondPixels (not even SEISM
+reruns agree: on ambiguous maps 0-0.5 % of matchable pixels go unmatched,
+differently per run); float32 rounding of MATLAB's convTri / gradient2 /
+atan vs numpy's, and single-vs-double ties at a threshold; whether
+bwmorph 'thin' equals skimage's Guo-Hall ``thin`` bit for bit; the exact
+HED.txt list and SEISM's NYUD edge PNGs.
+
+Speed and exactness. The default path (``boundary_match``) sorts the NMS
+pixels once (each threshold's set is a prefix), thins only foreground
+pixels, hands correspondPixels the two maps cut to their joint bounding
+box (an identical assignment problem) and stops at the first empty
+threshold; ``seed`` resets the matcher's random stream before every call,
+so counts are reproducible and equal, count for count, to the original
+full-image path (``slow_reference=True``; tests/test_boundary_fast.py).
+correspondPixels' assignment solver (CSA, compiled, not ours to change
+without changing the counts) is then ~99 % of the time: ~14 CPU s per
+PASCAL-size image on cluttered synthetic maps (benchmarks/boundary_eval.py;
+the original path: ~14.3), i.e. ~10 h for PASCAL val on 2 free cores.
+``matcher="max_cardinality"`` (Hopcroft-Karp on the same candidate pairs;
+deterministic, an upper bound) takes ~0.15-0.3 CPU s (~10 min for PASCAL
+val on 2 cores) and moves odsF by +0.0002 on those scenes and +0.0009 on
+100 synthetic-scenes val images (``--val 100``); off by default.
 
 Empty cases (SEISM ``eval_cont``): no gt boundary -> R = 1, P = 0; nothing
 predicted -> R = 0, P = 1; F = 0 when P + R = 0. Dataset level follows
@@ -61,17 +84,16 @@ predicted -> R = 0, P = 1; F = 0 when P + R = 0. Dataset level follows
 from __future__ import annotations
 
 import multiprocessing
+import time
 from typing import Sequence
 
 import numpy as np
-from pyEdgeEval._lib import correspond_pixels
 from pyEdgeEval._lib import nms as _nms
 from pyEdgeEval.preprocess.nms.toolbox import conv_tri
 from pyEdgeEval.preprocess.nms.toolbox import grad2
-from scipy import sparse
-from scipy import spatial
-from scipy.sparse import csgraph
-from skimage.morphology import thin as _thin
+from skimage.morphology import thin as _skimage_thin
+
+from mtdense_jax.evaluators import boundary_match as match_lib
 
 MAX_DIST_PASCAL = 0.0075
 MAX_DIST_NYUD = 0.011
@@ -79,6 +101,8 @@ MAX_DIST_NYUD = 0.011
 SEISM_THRESHOLDS = np.concatenate(
     [[0.001], np.arange(1, 100) / 100.0, [0.999]])
 _EPS = np.finfo(np.float64).eps  # MATLAB eps
+# correspondPixels' random stream is reset to this before every call.
+DEFAULT_SEED = 1
 
 Crop = tuple[int, int] | tuple[int, int, int, int]
 
@@ -165,48 +189,33 @@ def apply_crop(arr: np.ndarray, crop: Crop | None) -> np.ndarray:
   return arr[top:top + h, left:left + w]
 
 
-def _match(pred: np.ndarray, gt: np.ndarray, max_dist: float) -> np.ndarray:
-  """[cntR, sumR, cntP, sumP] of one binary prediction against one gt."""
-  sum_p, sum_r = int(np.count_nonzero(pred)), int(np.count_nonzero(gt))
-  if sum_p == 0 or sum_r == 0:  # nothing can match
-    return np.array([0, sum_r, 0, sum_p], np.float64)
-  m_pred, m_gt, _, _ = correspond_pixels(pred, gt, max_dist=max_dist)
-  return np.array([np.count_nonzero(m_gt), sum_r,
-                   np.count_nonzero(m_pred), sum_p], np.float64)
+# name -> (gt, max_dist) -> a per-image matcher (``.pixels(ys, xs, seed)``).
+_MATCHERS = {"bsds": match_lib.Bsds,
+             "max_cardinality": match_lib.MaxCardinality}
 
 
-def _match_max_cardinality(pred: np.ndarray, gt: np.ndarray,
-                           max_dist: float) -> np.ndarray:
-  """Fast stand-in: a maximum matching of the same candidate pairs.
+class StageTimes(dict):
+  """Seconds per stage of ``image_counts`` (pass one in to collect them)."""
 
-  BSDS's matcher minimises cost with a large per-outlier penalty, i.e. it
-  maximises the number of pairs within maxDist, but its random sparse
-  outlier graph sometimes leaves a few matchable pixels out (seen: 0-0.5 %).
-  Hopcroft-Karp (scipy) finds the true maximum, so its counts are an upper
-  bound on correspondPixels' and usually within that noise of them.
-  """
-  sum_p, sum_r = int(np.count_nonzero(pred)), int(np.count_nonzero(gt))
-  if sum_p == 0 or sum_r == 0:
-    return np.array([0, sum_r, 0, sum_p], np.float64)
-  p, g = np.argwhere(pred), np.argwhere(gt)
-  pairs = spatial.cKDTree(p).sparse_distance_matrix(
-      spatial.cKDTree(g), max_dist * np.hypot(*pred.shape),
-      output_type="ndarray")
-  graph = sparse.csr_matrix(
-      (np.ones(len(pairs)), (pairs["i"], pairs["j"])), shape=(sum_p, sum_r))
-  n = int(np.count_nonzero(
-      csgraph.maximum_bipartite_matching(graph, perm_type="column") >= 0))
-  return np.array([n, sum_r, n, sum_p], np.float64)
+  def add(self, stage: str, t0: float) -> float:
+    now = time.perf_counter()
+    self[stage] = self.get(stage, 0.0) + now - t0
+    return now
 
 
-_MATCHERS = {"bsds": _match, "max_cardinality": _match_max_cardinality}
+def _tick(profile: StageTimes | None, stage: str, t0: float) -> float:
+  return profile.add(stage, t0) if profile is not None else t0
 
 
 def image_counts(prob: np.ndarray, gt: np.ndarray, max_dist: float,
                  thresholds: int | Sequence[float] | None = None,
                  nms: bool = True, *, gt_mode: str = "auto",
                  quantize: bool = True, crop: Crop | None = None,
-                 thin: bool = True, matcher: str = "bsds") -> np.ndarray:
+                 thin: bool = True, matcher: str = "bsds",
+                 seed: int | None = DEFAULT_SEED,
+                 indices: Sequence[int] | None = None,
+                 slow_reference: bool = False,
+                 profile: StageTimes | None = None) -> np.ndarray:
   """Per-threshold (T, 4) counts [cntR, sumR, cntP, sumP] of one image.
 
   Pure (picklable arguments), so it can run in a multiprocessing pool.
@@ -222,30 +231,72 @@ def image_counts(prob: np.ndarray, gt: np.ndarray, max_dist: float,
     crop: applied to both maps first (drop the eval padding).
     thin: bwmorph-thin each binary prediction (edgesEvalImg default).
     matcher: "bsds" (correspondPixels, the reference) or "max_cardinality"
-      (scipy Hopcroft-Karp, many times faster; not the reference, see
-      ``_match_max_cardinality``).
+      (scipy Hopcroft-Karp; not the reference, see boundary_match).
+    seed: correspondPixels' random stream is reset to it before every
+      call (None: clock-seeded as in SEISM, not reproducible).
+    indices: only these threshold indices (rows of the result, in order);
+      lets a pool split one image's thresholds.
+    slow_reference: the original full-image path (skimage thin,
+      correspondPixels on the whole map; ignores ``matcher``); the same
+      counts as matcher="bsds", kept for tests.
+    profile: a StageTimes to add this call's seconds per stage to.
   """
+  t0 = time.perf_counter()
   thr = resolve_thresholds(thresholds)
-  match = _MATCHERS[matcher]
+  if indices is not None:
+    thr = thr[np.asarray(indices, int)]
+  match = _MATCHERS[matcher]  # KeyError names the matcher
   e = apply_crop(prob, crop).astype(np.float32)
   g = gt_boundaries(apply_crop(gt, crop), gt_mode)
   if e.shape != g.shape:
     raise ValueError(f"prob {e.shape} and gt {g.shape} differ in shape")
   if quantize:
     e = quantize_uint8(e)
+  t0 = _tick(profile, "prepare", t0)
   if nms:
     e = edge_nms(e).astype(np.float32)  # edgesNmsMex returns single
+  t0 = _tick(profile, "nms", t0)
+  # Binarise: pixels >= t, compared in single.
+  cut = np.float32(np.maximum(_EPS, thr))
+  if slow_reference:
+    return _reference_sweep(e, g, cut, max_dist, thin, seed, profile, t0)
   out = np.zeros((thr.size, 4), np.float64)
+  sweep, match = match_lib.Sweep(e), match(g, max_dist)
+  sizes = sweep.size(cut)
+  t0 = _tick(profile, "binarise", t0)
+  prev_n = -1
+  for k, n in enumerate(sizes):
+    if n == prev_n:  # nested sets: same size, same map, same counts
+      out[k] = out[k - 1]
+      continue
+    if n == 0:  # empty from here on (sizes only shrink)
+      out[k:] = (0, match.sum_r, 0, 0)
+      break
+    ys, xs = sweep.pixels(int(n), thin)
+    t0 = _tick(profile, "thin", t0)
+    out[k] = match.pixels(ys, xs, seed)
+    t0 = _tick(profile, "match", t0)
+    prev_n = n
+  return out
+
+
+def _reference_sweep(e, g, cut, max_dist, thin, seed, profile, t0
+                     ) -> np.ndarray:
+  """The original loop: full-image maps, skimage thin, correspondPixels."""
+  out = np.zeros((cut.size, 4), np.float64)
   prev_n, prev_row = -1, None
-  for k, t in enumerate(thr):
-    b = e >= np.float32(max(_EPS, t))  # single vs double: compared as single
+  for k, t in enumerate(cut):
+    b = e >= t
     n = int(np.count_nonzero(b))
+    t0 = _tick(profile, "binarise", t0)
     if n == prev_n:  # nested sets: same size means the same map
       out[k] = prev_row
       continue
     if thin and n:
-      b = _thin(b)
-    out[k] = prev_row = match(b, g, max_dist)
+      b = _skimage_thin(b)
+    t0 = _tick(profile, "thin", t0)
+    out[k] = prev_row = match_lib.reference_counts(b, g, max_dist, seed)
+    t0 = _tick(profile, "match", t0)
     prev_n = n
   return out
 
@@ -311,40 +362,69 @@ class BoundaryEvaluator:
 
   ``processes > 0`` evaluates images in a spawn-context pool (safe beside
   JAX's threads; the launching script needs the usual ``__main__`` guard):
-  ``add`` returns at once, ``compute`` waits. Or run ``image_counts`` in a
-  pool of your own and feed ``add_counts``.
+  ``add`` returns at once unless ``4 * processes`` tasks are already in
+  flight (then it waits for the oldest, so memory stays bounded);
+  ``compute`` waits for all. ``chunks > 1`` splits each image's thresholds
+  into that many interleaved tasks (keeps a pool busy on few images; the
+  counts are the same, correspondPixels being reseeded per call). Or run
+  ``image_counts`` in a pool of your own and feed ``add_counts``.
   """
 
   def __init__(self, max_dist: float,
                thresholds: int | Sequence[float] | None = None,
                nms: bool = True, *, gt_mode: str = "auto",
                quantize: bool = True, processes: int = 0,
-               matcher: str = "bsds"):
+               matcher: str = "bsds", seed: int | None = DEFAULT_SEED,
+               chunks: int = 1):
     if matcher not in _MATCHERS:
-      raise ValueError(f"matcher must be one of {sorted(_MATCHERS)}")
+      raise ValueError(f"matcher must be one of {sorted(_MATCHERS)}, got "
+                       f"{matcher!r}")
     self.max_dist = float(max_dist)
     self.thresholds = resolve_thresholds(thresholds)
     self.nms, self.gt_mode, self.quantize = nms, gt_mode, quantize
-    self.matcher = matcher
+    self.matcher, self.seed = matcher, seed
+    self._chunks = max(1, min(int(chunks), self.thresholds.size))
     self._counts: list[np.ndarray] = []
-    self._pending: list = []
+    self._pending: list[list] = []  # per image: its chunks' AsyncResults
     self._processes = processes
     self._pool = None
+    self.submitted = 0
+
+  def _kwargs(self, crop, indices=None) -> dict:
+    return dict(gt_mode=self.gt_mode, quantize=self.quantize, crop=crop,
+                matcher=self.matcher, seed=self.seed, indices=indices)
 
   def add(self, prob: np.ndarray, gt: np.ndarray,
           crop: Crop | None = None) -> None:
     """Adds one image: prob (H, W) in [0, 1], gt (H, W) edges or labels."""
     args = (np.asarray(prob), np.asarray(gt), self.max_dist,
             self.thresholds, self.nms)
-    kw = dict(gt_mode=self.gt_mode, quantize=self.quantize, crop=crop,
-              matcher=self.matcher)
-    if self._processes > 0:
-      if self._pool is None:
-        ctx = multiprocessing.get_context("spawn")
-        self._pool = ctx.Pool(self._processes)
-      self._pending.append(self._pool.apply_async(image_counts, args, kw))
-    else:
-      self.add_counts(image_counts(*args, **kw))
+    self.submitted += 1
+    if self._processes <= 0:
+      self.add_counts(image_counts(*args, **self._kwargs(crop)))
+      return
+    if self._pool is None:
+      ctx = multiprocessing.get_context("spawn")
+      self._pool = ctx.Pool(self._processes)
+    while (len(self._pending) * self._chunks >= 4 * self._processes):
+      self._collect(self._pending.pop(0))
+    k, n = self._chunks, self.thresholds.size
+    self._pending.append([
+        (idx, self._pool.apply_async(image_counts, args,
+                                     self._kwargs(crop, idx)))
+        for idx in (np.arange(i, n, k) for i in range(k))])
+
+  def _collect(self, chunks: list) -> None:
+    out = np.zeros((self.thresholds.size, 4))
+    for idx, res in chunks:
+      out[idx] = res.get()
+    self.add_counts(out)
+
+  @property
+  def done(self) -> int:
+    """Images finished so far (without waiting)."""
+    ready = sum(all(r.ready() for _, r in c) for c in self._pending)
+    return len(self._counts) + ready
 
   def add_counts(self, counts: np.ndarray) -> None:
     """Adds counts computed elsewhere (``image_counts``, same thresholds)."""
@@ -356,9 +436,9 @@ class BoundaryEvaluator:
 
   @property
   def counts(self) -> np.ndarray:
-    """(N, T, 4) counts so far (waits for pending pool work)."""
-    for res in self._pending:
-      self.add_counts(res.get())
+    """(N, T, 4) counts so far, in the order added (waits for the pool)."""
+    for chunks in self._pending:
+      self._collect(chunks)
     self._pending = []
     return np.stack(self._counts) if self._counts else np.zeros(
         (0, self.thresholds.size, 4))

@@ -152,9 +152,13 @@ def make_boundary_eval(exp: Experiment, defs,
   predict = jax.jit(fn, in_shardings=(shardings["params"],
                                       shardings["batch_stats"],
                                       shd.batch_sharding(exp.mesh)))
-  return dense.BoundaryEval(predict, lambda: boundary.BoundaryEvaluator(
-      float(max_dist), bcfg.get("thresholds"), matcher=bcfg.get("matcher"),
-      processes=bcfg.get("processes", 0)))
+  return dense.BoundaryEval(
+      predict, lambda: boundary.BoundaryEvaluator(
+          float(max_dist), bcfg.get("thresholds"), matcher=bcfg.get("matcher"),
+          processes=bcfg.get("processes", 0), chunks=bcfg.get("chunks", 1),
+          seed=bcfg.get("seed", boundary.DEFAULT_SEED),
+          gt_mode=bcfg.get("gt_mode", "auto")),
+      gt_key=bcfg.get("gt_key"))
 
 
 def evaluate(exp: Experiment, eval_fn, params, batch_stats,
@@ -174,7 +178,7 @@ def evaluate(exp: Experiment, eval_fn, params, batch_stats,
   return dense.evaluate(exp.tasks, step, params, batch_stats,
                         (shd.global_batch(b, exp.mesh) for b in batches),
                         stl_baselines=cfg.eval.get("stl_baselines"),
-                        boundary=boundary)
+                        boundary=boundary, num_batches=len(batches))
 
 
 def _check_finite(acc: Mapping[str, float], step: int) -> None:
