@@ -22,12 +22,14 @@ import types
 _PACKAGES = {
     "task": "mtdense_jax.tasks",
     "weighting": "mtdense_jax.weighting",
+    "gradmethod": "mtdense_jax.gradmethods",
     "encoder": "mtdense_jax.models.encoders",
     "decoder": "mtdense_jax.models.decoders",
     "dataset": "data_builders",
 }
 # What makes a module a plugin of each kind (helper modules lack it).
 _ENTRY_POINT = {"task": "Task", "weighting": "Weighting", "encoder": "build",
+                "gradmethod": "Method",
                 "decoder": "build", "dataset": "make_builder"}
 
 
