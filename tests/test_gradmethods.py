@@ -346,3 +346,64 @@ def test_resolve_one_name_for_both_kinds():
     base.resolve("nash")
   with pytest.raises(ValueError, match="mode must be"):
     _method("pcgrad", mode="layer")
+
+
+def test_accumulated_step_equals_one_big_step():
+  shared, other, _, _ = _toy()
+  rng = np.random.default_rng(10)
+  batch = {"x": jnp.asarray(rng.normal(size=(8, 4)), jnp.float32),
+           "y": jnp.asarray(rng.normal(size=(8, 2)), jnp.float32)}
+
+  def loss_fn(s, o, b):
+    z = jnp.tanh(b["x"] @ s["w1"])
+    return ({t: jnp.mean((z @ o[t] - b["y"][:, i]) ** 2)
+             for i, t in enumerate("ab")}, None)
+
+  method = _method("cagrad")
+  state = method.init(list("ab"))
+  big = base.params_step(method, lambda s, o: loss_fn(s, o, batch), shared,
+                         other, state, STEP)
+  micro = jax.tree.map(lambda x: x.reshape(4, 2, *x.shape[1:]), batch)
+  acc = jax.jit(lambda s, o, m: base.accumulated_params_step(
+      method, loss_fn, s, o, m, state, STEP))(shared, other, micro)
+  for a, b in zip(jax.tree.leaves((big[0], big[1], big[4])),
+                  jax.tree.leaves((acc[0], acc[1], acc[4]))):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_params_step_keeps_parameter_sharding():
+  """Per-task gradients stay sharded like the parameters: the compiled
+  step gathers nothing; only the T x T Gram matrix (and the toy's forward
+  contraction) is all-reduced."""
+  devices = np.array(jax.devices()[:4]).reshape(2, 2)
+  if devices.size < 4:
+    pytest.skip("needs 4 devices (conftest forces 8 CPU devices)")
+  mesh = jax.sharding.Mesh(devices, ("data", "model"))
+  spec = jax.sharding.PartitionSpec
+  shard = lambda *p: jax.sharding.NamedSharding(mesh, spec(*p))
+  shared, other, _, _ = _toy()
+  rng = np.random.default_rng(11)
+  x = jnp.asarray(rng.normal(size=(16, 4)), jnp.float32)
+  y = jnp.asarray(rng.normal(size=(16, 2)), jnp.float32)
+
+  def loss_fn(s, o, x, y):
+    z = jnp.tanh(x @ s["w1"])
+    return ({t: jnp.mean((z @ o[t] - y[:, i]) ** 2)
+             for i, t in enumerate("ab")}, None)
+
+  method = _method("nash_mtl")
+  state = method.init(list("ab"))
+  step = jax.jit(
+      lambda s, o, x, y: base.params_step(
+          method, lambda s_, o_: loss_fn(s_, o_, x, y), s, o, state, STEP),
+      in_shardings=({"w1": shard(None, "model")},
+                    {t: shard("model") for t in "ab"},
+                    shard("data"), shard("data")))
+  args = (shared, other, x, y)
+  hlo = step.lower(*args).compile().as_text()
+  assert "all-gather" not in hlo
+  _, (d_shared, _), _, _, _ = step(*args)
+  assert d_shared["w1"].sharding.is_equivalent_to(shard(None, "model"), 2)
+  ref = base.params_step(method, lambda s_, o_: loss_fn(s_, o_, x, y),
+                         shared, other, state, STEP)[1][0]["w1"]
+  np.testing.assert_allclose(d_shared["w1"], ref, rtol=1e-4, atol=1e-6)

@@ -31,9 +31,9 @@ Cost: ``params`` runs T backward passes through the whole network (one
 vmapped vjp) plus one through the heads, and holds T copies of the shared
 gradient; ``representation`` runs T backward passes through the heads only,
 then one full backward, and holds T copies of z's gradient. Gradient
-accumulation: sum the stacked per-task gradients (and losses) over the
-micro-batches, then solve once (the Gram matrix of a sum is not the sum of
-Gram matrices). The method state goes into checkpoints like the
+accumulation (`accumulated_params_step`): sum the stacked per-task gradients
+(and losses) over the micro-batches, then solve once (the Gram matrix of a
+sum is not the sum of Gram matrices). The method state goes into checkpoints like the
 loss-weighting state. ``base_weights`` (e.g. InvPT's 1/1/10/50) scale each
 task's loss, and so its gradient, before the method sees it.
 """
@@ -114,10 +114,13 @@ def stack_tasks(per_task_grads, tasks: Sequence[str]) -> PyTree:
 
 def gram(stacked: PyTree) -> jax.Array:
   """G_ij = <g_i, g_j> summed over the leaves of a (T, ...) pytree, float32
-  at full precision (TF32/bf16 matmuls would bias the solvers)."""
+  at full precision (TF32/bf16 matmuls would bias the solvers). Contracts
+  the leaves' own axes: flattening them first would gather a sharded leaf."""
   def leaf(x):
-    x = x.reshape(x.shape[0], -1).astype(jnp.float32)
-    return jnp.einsum("id,jd->ij", x, x, precision=jax.lax.Precision.HIGHEST)
+    x = x.astype(jnp.float32)
+    axes = tuple(range(1, x.ndim))
+    return jnp.tensordot(x, x, axes=(axes, axes),
+                         precision=jax.lax.Precision.HIGHEST)
   return sum(leaf(x) for x in jax.tree.leaves(stacked))
 
 
@@ -159,6 +162,34 @@ def params_step(method: Method, loss_fn, shared: PyTree, other: PyTree,
   _, d_other = vjp_fn({t: info[t].astype(jnp.asarray(losses[t]).dtype)
                        for t in losses})
   return losses, (combine(g_shared, w), d_other), aux, state, info
+
+
+def accumulated_params_step(method: Method, loss_fn, shared: PyTree,
+                            other: PyTree, micro_batches: PyTree, state: dict,
+                            step: jax.Array):
+  """`params_step` over k micro-batches (leading axis of `micro_batches`):
+  ``loss_fn(shared, other, micro) -> ({task: loss}, aux)``. A `lax.scan`
+  sums the per-task gradients of all parameters (memory: T copies of the
+  gradient, one micro-batch of activations); the method then solves once on
+  the mean, so the result equals one big step when the losses are means
+  over equal micro-batches. Returns as `params_step`, aux stacked over k."""
+  def body(acc, micro):
+    losses, grads, aux, _ = task_gradients(
+        lambda s, o: loss_fn(s, o, micro), shared, other)
+    return jax.tree.map(jnp.add, acc, (losses, grads)), aux
+
+  tasks_and_grads = jax.eval_shape(
+      lambda m: task_gradients(lambda s, o: loss_fn(s, o, m), shared,
+                               other)[:2],
+      jax.tree.map(lambda x: x[0], micro_batches))
+  zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), tasks_and_grads)
+  (losses, grads), aux = jax.lax.scan(body, zeros, micro_batches)
+  k = jax.tree.leaves(micro_batches)[0].shape[0]
+  losses, (g_shared, g_other) = jax.tree.map(lambda x: x / k,
+                                             (losses, grads))
+  w, state, info = method.solve(gram(g_shared), losses, state, step)
+  return (losses, (combine(g_shared, w), combine(g_other, w)), aux, state,
+          info)
 
 
 def representation_step(method: Method, encode_fn, heads_fn, shared: PyTree,
