@@ -169,6 +169,14 @@ def test_imtl_closed_form_and_equal_projections():
   np.testing.assert_allclose(proj, proj[0], rtol=1e-4)
 
 
+def test_imtl_identical_gradients_stay_finite():
+  g = np.array([[1.0, 2.0, 0.0], [1.0, 2.0, 0.0], [0.0, 1.0, 1.0]])
+  out, w, _ = _run(_method("imtl"), g)
+  assert np.all(np.isfinite(w)) and abs(w.sum() - 1) < 1e-5
+  proj = (g / np.linalg.norm(g, axis=1, keepdims=True)) @ out
+  np.testing.assert_allclose(proj, proj[0], rtol=1e-4)
+
+
 # --- Aligned-MTL -----------------------------------------------------------
 
 

@@ -18,6 +18,7 @@ import dataclasses
 
 import jax.numpy as jnp
 
+from mtdense_jax.gradmethods import _simplex
 from mtdense_jax.gradmethods import base
 
 
@@ -29,9 +30,13 @@ class Method(base.Method):
 
   def weights(self, gram, losses, state, step):
     del losses, step
-    norms = jnp.sqrt(jnp.maximum(jnp.diag(gram), 1e-30))
+    # a is scale-free; normalising keeps tiny gradients out of underflow.
+    gram = _simplex.normalised(gram)
+    norms = jnp.sqrt(jnp.maximum(jnp.diag(gram), 1e-12))
     gu = gram / norms[None, :]                  # gu[i, j] = g_i . u_j
     g1u = gu[0, 0] - gu[0, 1:]                  # g_1 U^T
     du = (gu[0, 0] - gu[1:, 0][:, None]) - (gu[0, 1:][None, :] - gu[1:, 1:])
-    rest = jnp.linalg.solve(du.T, g1u)          # a (D U^T) = g_1 U^T
+    # a (D U^T) = g_1 U^T; the pseudo-inverse keeps identical gradients
+    # (singular D U^T) finite.
+    rest = jnp.linalg.pinv(du.T) @ g1u
     return jnp.concatenate([1.0 - rest.sum(keepdims=True), rest]), state
