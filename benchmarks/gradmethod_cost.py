@@ -112,7 +112,8 @@ def main(argv=None):
     sec, temp = timed(fn, (enc_p, dec_p), args.steps)
     base_time = base_time or sec
     base_mem = base_mem or temp
-    mem = f"{temp / 2**20:8.1f} MiB ({temp / base_mem:4.2f}x)" if temp else "n/a"
+    mem = (f"{temp / 2**20:8.1f} MiB ({temp / base_mem:4.2f}x)" if temp
+           else "n/a")
     print(f"  {name:15s} {sec * 1e3:9.1f} ms ({sec / base_time:4.2f}x)  "
           f"temp {mem}")
 

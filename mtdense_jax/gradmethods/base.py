@@ -33,9 +33,10 @@ gradient; ``representation`` runs T backward passes through the heads only,
 then one full backward, and holds T copies of z's gradient. Gradient
 accumulation (`accumulated_params_step`): sum the stacked per-task gradients
 (and losses) over the micro-batches, then solve once (the Gram matrix of a
-sum is not the sum of Gram matrices). The method state goes into checkpoints like the
-loss-weighting state. ``base_weights`` (e.g. InvPT's 1/1/10/50) scale each
-task's loss, and so its gradient, before the method sees it.
+sum is not the sum of Gram matrices). The method state goes into
+checkpoints like the loss-weighting state. ``base_weights`` (e.g. InvPT's
+1/1/10/50) scale each task's loss, and so its gradient, before the method
+sees it.
 """
 
 from __future__ import annotations

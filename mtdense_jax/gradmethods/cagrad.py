@@ -5,7 +5,8 @@ With g0 = mean_t g_t, CAGrad maximises the worst task's improvement within a
 ball around g0:  max_d min_t <g_t, d>  s.t.  ||d - g0|| <= c ||g0||. Its dual
 over the simplex is
 
-    w* = argmin_{w in simplex}  <g_w, g0> + c ||g0|| ||g_w||,  g_w = sum_t w_t g_t,
+    w* = argmin_{w in simplex}  <g_w, g0> + c ||g0|| ||g_w||,
+         g_w = sum_t w_t g_t,
     d  = g0 + (c ||g0|| / ||g_w*||) g_w*,
 
 returned divided by (1 + c^2) (the official ``rescale=1``). All terms are
