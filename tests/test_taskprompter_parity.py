@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from mtdense_jax.convert import torch_utils
+from mtdense_jax.models import multitask
 from mtdense_jax.models.decoders import taskprompter
 from tests import taskprompter_testing as tpt
 
@@ -122,16 +123,58 @@ def test_module_prefix_and_strictness(case):
   assert "backbone.bogus.weight" in str(err.value)
 
 
-def test_last_token_trans1_has_zero_gradient(case):
-  """The last block's prompt update feeds nothing (notes section 8)."""
-  graphdef, params, rest = nnx.split(case["model"], nnx.Param, ...)
+def _tiny_config(**encoder_kw) -> dict:
+  kw = dict(tasks=("semseg", "depth"), width=16, depth=3, num_heads=2,
+            taps=(1, 2, 3), prompt_len=2, chan_nheads=4, drop_path_rate=0.1)
+  kw.update(encoder_kw)
+  return dict(encoder="taskprompter", variant="Ti/16", decoder="taskprompter",
+              encoder_kw=kw, decoder_kw=dict(embed_dim=8, final_embed_dim=12))
 
-  def loss(p):
-    out = nnx.merge(graphdef, p, rest)(case["image"])
-    return sum(jnp.sum(v) for v in out["final"].values())
 
-  grads = jax.grad(loss)(params)
-  last = grads["encoder"]["blocks"][len(case["model"].encoder.blocks) - 1]
-  assert float(jnp.abs(last["attn"]["token_trans1"]["kernel"][...]).max()) == 0
-  first = grads["encoder"]["blocks"][0]["attn"]["token_trans1"]["kernel"]
-  assert float(jnp.abs(first[...]).max()) > 0
+@pytest.mark.slow  # ~35-45 s: compiles a grad through drop path on 2 cores.
+def test_other_sizes_train_mode_and_dead_gradient():
+  """prompt_len 2, 2x2 windows, a tap at the last block, a 4x6 grid; train
+  mode draws drop path and updates BN; the last block's prompt update
+  (token_trans1) gets an exactly zero gradient (notes section 8)."""
+  model = multitask.build_model(_tiny_config(tasks=("depth",)),
+                                img_size=(64, 96), task_outputs={"depth": 1},
+                                rngs=nnx.Rngs(0))
+  assert model.encoder.task_prompts.shape == (2, 16)
+  assert model.encoder.blocks[0].attn.token_trans.kernel.shape == (16, 24)
+  model.train()
+  bn = model.decoder.heads["depth"].bn
+  before = np.asarray(bn.mean[...])
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 64, 96, 3)),
+                  jnp.float32)
+
+  @nnx.jit
+  def grad(m, rngs):
+    def loss(m, rngs):
+      out = m(x, rngs=rngs)
+      return sum(jnp.sum(v) for v in out["final"].values()), out
+    return nnx.grad(loss, has_aux=True)(m, rngs)
+
+  g, out = grad(model, nnx.Rngs(dropout=1))
+  assert out["final"]["depth"].shape == (2, 64, 96, 1)
+  assert np.abs(np.asarray(bn.mean[...]) - before).max() > 0
+  blocks = g["encoder"]["blocks"]
+  assert float(jnp.abs(blocks[2]["attn"]["token_trans1"]["kernel"][...]
+                       ).max()) == 0
+  assert float(jnp.abs(blocks[1]["attn"]["token_trans1"]["kernel"][...]
+                       ).max()) > 0
+
+
+def test_bad_configurations_are_refused():
+  tasks = {"semseg": 3, "depth": 1}
+  with pytest.raises(ValueError, match="channel windows"):
+    multitask.build_model(_tiny_config(chan_nheads=9), img_size=(64, 64),
+                          task_outputs=tasks, rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match="encoder_kw.tasks"):
+    multitask.build_model(_tiny_config(tasks=("depth", "semseg")),
+                          img_size=(64, 64), task_outputs=tasks,
+                          rngs=nnx.Rngs(0))
+  cfg = _tiny_config()
+  cfg["decoder_kw"]["use_ctr"] = True
+  with pytest.raises(ValueError, match="use_ctr needs prompt_len 1"):
+    multitask.build_model(cfg, img_size=(64, 64), task_outputs=tasks,
+                          rngs=nnx.Rngs(0))
