@@ -178,3 +178,17 @@ def test_bad_configurations_are_refused():
   with pytest.raises(ValueError, match="use_ctr needs prompt_len 1"):
     multitask.build_model(cfg, img_size=(64, 64), task_outputs=tasks,
                           rngs=nnx.Rngs(0))
+
+
+def test_remat_blocks_give_the_same_outputs():
+  """``config.model.remat="block"`` wraps the prompt blocks (4 outputs)."""
+  def run(remat):
+    cfg = dict(_tiny_config(tasks=("depth",), chan_nheads=1), remat=remat)
+    model = multitask.build_model(cfg, img_size=(32, 48),
+                                  task_outputs={"depth": 1},
+                                  rngs=nnx.Rngs(0))
+    model.eval()
+    x = jnp.ones((1, 32, 48, 3), jnp.float32)
+    return nnx.jit(lambda m: m(x)["final"]["depth"])(model)
+
+  np.testing.assert_allclose(run("block"), run("none"), atol=1e-6)
