@@ -144,3 +144,18 @@ def test_optimiser_golden(db, golden):
       np.testing.assert_allclose(params[n], ref, rtol=1e-6, err_msg=n)
       np.testing.assert_allclose(params[n] - init, ref - init, atol=1e-7,
                                  rtol=0, err_msg=n)
+
+
+@pytest.mark.parametrize("arg", ["", "runlocal"])
+def test_synthetic_config_builds_at_its_image_size(arg):
+  """The token grid of the configured size fits the channel windows, and
+  the encoder's prompts follow config.tasks."""
+  cfg = load("synthetic", arg)
+  config_check.validate(cfg)
+  n_out = {"semseg": 8, "depth": 1, "normals": 3, "edge": 1}
+  factory = state_lib.model_factory(cfg.model, {t: n_out[t] for t in
+                                                cfg.tasks},
+                                    tuple(cfg.data.image_size), 0)
+  model = nnx.eval_shape(factory)
+  assert model.encoder.tasks == tuple(cfg.tasks)
+  assert cfg.loss.aux_weight == 0.0
