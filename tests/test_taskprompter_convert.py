@@ -100,7 +100,8 @@ def test_vit_npz_init(tmp_path):
                                 np.asarray(src.patch_embed.proj.kernel[...]))
   # pos_embed: slot 0 kept, the 6x6 grid resized like PyTorch bicubic.
   pos = np.asarray(src.pos_embed[...])
-  grid = torch.from_numpy(pos[0, 1:].reshape(1, 6, 6, 16)).permute(0, 3, 1, 2)
+  grid = torch.from_numpy(np.array(pos[0, 1:]).reshape(1, 6, 6, 16)).permute(
+      0, 3, 1, 2)
   ref = F.interpolate(grid.double(), size=enc.grid, mode="bicubic",
                       align_corners=False).permute(0, 2, 3, 1).reshape(
                           1, -1, 16).numpy()
