@@ -1,0 +1,135 @@
+"""Swin v1 encoder: parity with timm's SwinTransformer through our converter.
+
+Each case builds timm's model at a tiny random configuration, converts its
+state_dict with ``swin.from_timm`` and compares all four stage outputs
+(float32, 'highest' matmuls) with tolerance 1e-5 relative to the output
+scale (max |ref|).
+"""
+
+from __future__ import annotations
+
+from flax import nnx
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mtdense_jax.convert import torch_utils
+from mtdense_jax.models.encoders import swin
+from tests import upstream
+
+TINY = dict(embed_dim=8, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4),
+            window_size=4)
+RTOL = 1e-5
+
+
+def _timm(img_size, **kw):
+  import torch  # pylint: disable=g-import-not-at-top
+  st = upstream.timm_module("swin_transformer")
+  torch.manual_seed(0)
+  cfg = {**TINY, **kw}
+  m = st.SwinTransformer(img_size=img_size, patch_size=4, num_classes=0,
+                         **cfg).eval()
+  with torch.no_grad():   # non-trivial norms/biases, so a swap shows up.
+    for name, p in m.named_parameters():
+      if "norm" in name or name.endswith("bias"):
+        p.add_(0.1 * torch.randn_like(p))
+  return st, m
+
+
+def _timm_stages(m, x):
+  import torch  # pylint: disable=g-import-not-at-top
+  with torch.no_grad():
+    y = m.patch_embed(torch.from_numpy(x).permute(0, 3, 1, 2))
+    outs = []
+    for layer in m.layers:
+      y = layer(y)
+      outs.append(y)
+    outs[-1] = m.norm(outs[-1])
+  return [o.numpy() for o in outs]
+
+
+def _ours(img_size, sd, **kw):
+  model = swin.build("T", img_size=img_size, rngs=nnx.Rngs(1),
+                     out_norms="last", **{**TINY, **kw})
+  nnx.update(model, swin.from_timm(sd, model))
+  return model
+
+
+def _sd(m):
+  return {k: v.detach().numpy() for k, v in m.state_dict().items()}
+
+
+def _check(ours, ref):
+  assert sorted(ours) == [4, 8, 16, 32]
+  for (stride, got), want in zip(sorted(ours.items()), ref):
+    got = np.asarray(got)
+    assert got.shape == want.shape, stride
+    err = np.abs(got - want).max() / np.abs(want).max()
+    assert err < RTOL, f"stride {stride}: relative error {err:.2e}"
+
+
+@pytest.mark.parametrize("img_size", [
+    (64, 64),    # every window full; stage 3 window clipped to 2x2
+    (64, 96),    # non-square: stage 2 pads 6 -> 8 and shifts, 2x3 windows
+    (40, 56),    # 10x14 pads to 12x16; odd 5x7 merges with padding
+])
+def test_parity_with_timm(img_size):
+  _, m = _timm(img_size)
+  x = np.random.RandomState(0).randn(2, *img_size, 3).astype(np.float32)
+  _check(_ours(img_size, _sd(m))(jnp.asarray(x)), _timm_stages(m, x))
+
+
+def test_always_partition_pads_instead_of_clipping():
+  _, m = _timm((32, 48), always_partition=True)
+  x = np.random.RandomState(1).randn(1, 32, 48, 3).astype(np.float32)
+  ours = _ours((32, 48), _sd(m), always_partition=True)
+  _check(ours(jnp.asarray(x)), _timm_stages(m, x))
+
+
+def test_bias_tables_resized_like_timm():
+  """A 128-px checkpoint (4x4 windows everywhere) loaded for 64x96 inputs,
+  where stage 3 clips its windows to 2x3: timm's checkpoint_filter_fn
+  resizes the tables, and so does our converter."""
+  import torch  # pylint: disable=g-import-not-at-top
+  st, big = _timm((128, 128))
+  sd = _sd(big)
+  _, small = _timm((64, 96))
+  small.load_state_dict(st.checkpoint_filter_fn(
+      {k: torch.from_numpy(v) for k, v in sd.items()}, small), strict=False)
+  key = "layers.3.blocks.0.attn.relative_position_bias_table"
+  assert sd[key].shape != _sd(small)[key].shape
+  x = np.random.RandomState(2).randn(1, 64, 96, 3).astype(np.float32)
+  _check(_ours((64, 96), sd)(jnp.asarray(x)), _timm_stages(small, x))
+
+
+def test_original_release_layout_is_renumbered():
+  _, m = _timm((32, 32))
+  sd = _sd(m)
+  old = {}
+  for k, v in sd.items():   # Microsoft's release: merge at the stage END.
+    k = k.replace("layers.1.downsample", "layers.0.downsample")
+    k = k.replace("layers.2.downsample", "layers.1.downsample")
+    k = k.replace("layers.3.downsample", "layers.2.downsample")
+    old[k] = v
+  a = _ours((32, 32), sd)
+  b = _ours((32, 32), old)
+  x = jnp.ones((1, 32, 32, 3))
+  np.testing.assert_array_equal(np.asarray(a(x)[32]), np.asarray(b(x)[32]))
+
+
+def test_converter_names_missing_keys():
+  _, m = _timm((32, 32))
+  sd = _sd(m)
+  del sd["layers.2.blocks.1.mlp.fc1.weight"]
+  with pytest.raises(torch_utils.ConversionError,
+                     match=r"layers\.2\.blocks\.1\.mlp\.fc1\.weight"):
+    _ours((32, 32), sd)
+
+
+def test_features_metadata_matches_model():
+  model = swin.build("B", img_size=(64, 64), rngs=nnx.Rngs(0),
+                     depths=(1, 1, 1, 1))
+  assert swin.features("B") == dict(zip(model.out_strides,
+                                        model.out_channels))
+  assert swin.features("B") == {4: 128, 8: 256, 16: 512, 32: 1024}
+  assert set(swin.CONVERTERS) >= {"timm"}
