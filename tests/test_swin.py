@@ -133,3 +133,19 @@ def test_features_metadata_matches_model():
                                         model.out_channels))
   assert swin.features("B") == {4: 128, 8: 256, 16: 512, 32: 1024}
   assert set(swin.CONVERTERS) >= {"timm"}
+
+
+def test_baseline_config_with_swin_predicts_full_size_maps():
+  from mtdense_jax import config_check  # pylint: disable=g-import-not-at-top
+  from mtdense_jax.models import multitask  # pylint: disable=g-import-not-at-top
+  from tests.conftest import REPO  # pylint: disable=g-import-not-at-top
+  cfg = config_check.load_config_file(
+      str(REPO / "configs" / "synthetic_baseline.py") +
+      ":encoder=swin_s,runlocal")
+  assert (cfg.model.encoder, cfg.model.variant) == ("swin", "S")
+  model = multitask.build_model(cfg.model, task_outputs={"a": 3, "b": 1},
+                                img_size=cfg.data.image_size,
+                                rngs=nnx.Rngs(0))
+  out = model(jnp.zeros((2, *cfg.data.image_size, 3)))["final"]
+  assert out["a"].shape == (2, *cfg.data.image_size, 3)
+  assert out["b"].shape == (2, *cfg.data.image_size, 1)
