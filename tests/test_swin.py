@@ -49,10 +49,10 @@ def _timm_stages(m, x):
 
 
 def _ours(img_size, sd, **kw):
-  model = swin.build("T", img_size=img_size, rngs=nnx.Rngs(1),
-                     out_norms="last", **{**TINY, **kw})
-  nnx.update(model, swin.from_timm(sd, model))
-  return model
+  return upstream.converted(
+      lambda: swin.build("T", img_size=img_size, rngs=nnx.Rngs(1),
+                         out_norms="last", **{**TINY, **kw}),
+      swin.from_timm, sd)
 
 
 def _sd(m):
@@ -76,14 +76,14 @@ def _check(ours, ref):
 def test_parity_with_timm(img_size):
   _, m = _timm(img_size)
   x = np.random.RandomState(0).randn(2, *img_size, 3).astype(np.float32)
-  _check(_ours(img_size, _sd(m))(jnp.asarray(x)), _timm_stages(m, x))
+  _check(upstream.run(_ours(img_size, _sd(m)), x), _timm_stages(m, x))
 
 
 def test_always_partition_pads_instead_of_clipping():
   _, m = _timm((32, 48), always_partition=True)
   x = np.random.RandomState(1).randn(1, 32, 48, 3).astype(np.float32)
   ours = _ours((32, 48), _sd(m), always_partition=True)
-  _check(ours(jnp.asarray(x)), _timm_stages(m, x))
+  _check(upstream.run(ours, x), _timm_stages(m, x))
 
 
 def test_bias_tables_resized_like_timm():
@@ -99,7 +99,7 @@ def test_bias_tables_resized_like_timm():
   key = "layers.3.blocks.0.attn.relative_position_bias_table"
   assert sd[key].shape != _sd(small)[key].shape
   x = np.random.RandomState(2).randn(1, 64, 96, 3).astype(np.float32)
-  _check(_ours((64, 96), sd)(jnp.asarray(x)), _timm_stages(small, x))
+  _check(upstream.run(_ours((64, 96), sd), x), _timm_stages(small, x))
 
 
 def test_original_release_layout_is_renumbered():
@@ -111,10 +111,10 @@ def test_original_release_layout_is_renumbered():
     k = k.replace("layers.2.downsample", "layers.1.downsample")
     k = k.replace("layers.3.downsample", "layers.2.downsample")
     old[k] = v
-  a = _ours((32, 32), sd)
-  b = _ours((32, 32), old)
-  x = jnp.ones((1, 32, 32, 3))
-  np.testing.assert_array_equal(np.asarray(a(x)[32]), np.asarray(b(x)[32]))
+  a = nnx.state(_ours((32, 32), sd))
+  b = nnx.state(_ours((32, 32), old))
+  for (path, u), (_, v) in zip(nnx.to_flat_state(a), nnx.to_flat_state(b)):
+    np.testing.assert_array_equal(np.asarray(u), np.asarray(v), str(path))
 
 
 def test_converter_names_missing_keys():
@@ -127,8 +127,8 @@ def test_converter_names_missing_keys():
 
 
 def test_features_metadata_matches_model():
-  model = swin.build("B", img_size=(64, 64), rngs=nnx.Rngs(0),
-                     depths=(1, 1, 1, 1))
+  model = nnx.eval_shape(lambda: swin.build(
+      "B", img_size=(64, 64), rngs=nnx.Rngs(0), depths=(1, 1, 1, 1)))
   assert swin.features("B") == dict(zip(model.out_strides,
                                         model.out_channels))
   assert swin.features("B") == {4: 128, 8: 256, 16: 512, 32: 1024}
@@ -143,9 +143,10 @@ def test_baseline_config_with_swin_predicts_full_size_maps():
       str(REPO / "configs" / "synthetic_baseline.py") +
       ":encoder=swin_s,runlocal")
   assert (cfg.model.encoder, cfg.model.variant) == ("swin", "S")
-  model = multitask.build_model(cfg.model, task_outputs={"a": 3, "b": 1},
-                                img_size=cfg.data.image_size,
-                                rngs=nnx.Rngs(0))
-  out = model(jnp.zeros((2, *cfg.data.image_size, 3)))["final"]
+  model = nnx.eval_shape(lambda: multitask.build_model(
+      cfg.model, task_outputs={"a": 3, "b": 1},
+      img_size=cfg.data.image_size, rngs=nnx.Rngs(0)))
+  out = nnx.eval_shape(lambda m, x: m(x), model,
+                       jnp.zeros((2, *cfg.data.image_size, 3)))["final"]
   assert out["a"].shape == (2, *cfg.data.image_size, 3)
   assert out["b"].shape == (2, *cfg.data.image_size, 1)

@@ -39,10 +39,11 @@ def _perturb(m):
 
 
 def _ours(sd, window, **kw):
-  model = swin_v2.build("T", img_size=(32, 32), rngs=nnx.Rngs(1),
-                        out_norms="last", window_size=window, **TINY, **kw)
-  nnx.update(model, swin_v2.from_torchvision(sd, model))
-  return model
+  return upstream.converted(
+      lambda: swin_v2.build("T", img_size=(32, 32), rngs=nnx.Rngs(1),
+                            out_norms="last", window_size=window, **TINY,
+                            **kw),
+      swin_v2.from_torchvision, sd)
 
 
 def _check(ours, ref):
@@ -92,7 +93,7 @@ def test_parity_with_timm_swin_v2(img_size):
     ref[-1] = m.norm(ref[-1])
   sd = _timm_to_torchvision(
       {k: v.numpy() for k, v in m.state_dict().items()})
-  _check(_ours(sd, 2)(jnp.asarray(x)), [r.numpy() for r in ref])
+  _check(upstream.run(_ours(sd, 2), x), [r.numpy() for r in ref])
 
 
 # ------------------------------------- independent torch reference (labelled)
@@ -225,7 +226,7 @@ def test_parity_with_torchvision_algorithm_where_windows_pad(img_size):
         outs.append(y)
     outs[-1] = ref.norm(outs[-1])
   sd = {k: v.numpy() for k, v in ref.state_dict().items()}
-  _check(_ours(sd, 4)(jnp.asarray(x)), [o.numpy() for o in outs])
+  _check(upstream.run(_ours(sd, 4), x), [o.numpy() for o in outs])
 
 
 def test_key_bias_is_ignored_like_torchvision():
@@ -235,12 +236,13 @@ def test_key_bias_is_ignored_like_torchvision():
   sd = {k: v.numpy().copy() for k, v in ref.state_dict().items()}
   x = jnp.asarray(np.random.RandomState(0).randn(1, 32, 32, 3), jnp.float32)
   kw = dict(depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1))
-  model = swin_v2.build("T", img_size=(32, 32), rngs=nnx.Rngs(1),
-                        window_size=4, embed_dim=8, **kw)
-  nnx.update(model, swin_v2.from_torchvision(sd, model))
-  a = model(x)[4]
+  def build():
+    return swin_v2.build("T", img_size=(32, 32), rngs=nnx.Rngs(1),
+                         window_size=4, embed_dim=8, **kw)
+  a = upstream.run(upstream.converted(build, swin_v2.from_torchvision, sd),
+                   x)[4]
   sd["features.1.0.attn.qkv.bias"][8:16] += 5.0
-  nnx.update(model, swin_v2.from_torchvision(sd, model))
-  np.testing.assert_allclose(np.asarray(model(x)[4]), np.asarray(a),
-                             atol=1e-6)
+  b = upstream.run(upstream.converted(build, swin_v2.from_torchvision, sd),
+                   x)[4]
+  np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-6)
   assert swin_v2.features("B") == {4: 128, 8: 256, 16: 512, 32: 1024}

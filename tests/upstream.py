@@ -58,3 +58,19 @@ def timm_module(name: str):
     return importlib.import_module(f"timm.models.{name}")
   finally:
     sys.meta_path.remove(finder)
+
+
+def converted(build, convert, state_dict):
+  """``build()`` traced abstractly (no initialiser runs: on 2 shared cores
+  a concrete init costs more than the test) and filled by ``convert``,
+  which must then supply every variable (a strict converter does)."""
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  model = nnx.eval_shape(build)
+  nnx.update(model, convert(state_dict, model))
+  return model
+
+
+def run(model, x):
+  """One jitted forward (one compile instead of op-by-op dispatch)."""
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  return nnx.jit(lambda m, a: m(a))(model, x)
