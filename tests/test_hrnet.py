@@ -66,7 +66,9 @@ def _ours(sd, fuse=False, variant="W18-small-v2", **kw):
 
 
 def _rel(got, want):
-  return np.abs(np.asarray(got) - want).max() / np.abs(want).max()
+  err = np.abs(np.asarray(got) - want).max() / np.abs(want).max()
+  print(f"{want.shape}: max |err| / max |ref| = {err:.1e}")
+  return err
 
 
 def test_parity_with_timm_hrnet():

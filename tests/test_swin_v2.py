@@ -52,6 +52,7 @@ def _check(ours, ref):
     got = np.asarray(got)
     assert got.shape == want.shape, stride
     err = np.abs(got - want).max() / np.abs(want).max()
+    print(f"stride {stride}: max |err| / max |ref| = {err:.1e}")
     assert err < RTOL, f"stride {stride}: relative error {err:.2e}"
 
 
