@@ -111,3 +111,20 @@ def test_official_w18_small_v2_keys_convert():
   with pytest.raises(torch_utils.ConversionError,
                      match=r"stage4\.1\.fuse_layers\.3\.0\.2\.0\.weight"):
     _ours(sd)
+
+
+def test_baseline_config_with_hrnet_predicts_full_size_maps():
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from mtdense_jax import config_check  # pylint: disable=g-import-not-at-top
+  from mtdense_jax.models import multitask  # pylint: disable=g-import-not-at-top
+  from tests.conftest import REPO  # pylint: disable=g-import-not-at-top
+  cfg = config_check.load_config_file(
+      str(REPO / "configs" / "synthetic_baseline.py") +
+      ":encoder=hrnet,runlocal")
+  assert cfg.model.encoder == "hrnet"
+  model = nnx.eval_shape(lambda: multitask.build_model(
+      cfg.model, task_outputs={"a": 3}, img_size=cfg.data.image_size,
+      rngs=nnx.Rngs(0)))
+  out = nnx.eval_shape(lambda m, x: m(x), model,
+                       jnp.zeros((2, *cfg.data.image_size, 3)))["final"]
+  assert out["a"].shape == (2, *cfg.data.image_size, 3)
