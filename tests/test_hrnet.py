@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from mtdense_jax.convert import torch_utils
+from mtdense_jax.models import multitask
 from mtdense_jax.models.encoders import hrnet
 from tests import upstream
 
@@ -116,7 +117,6 @@ def test_official_w18_small_v2_keys_convert():
 def test_baseline_config_with_hrnet_predicts_full_size_maps():
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from mtdense_jax import config_check  # pylint: disable=g-import-not-at-top
-  from mtdense_jax.models import multitask  # pylint: disable=g-import-not-at-top
   from tests.conftest import REPO  # pylint: disable=g-import-not-at-top
   cfg = config_check.load_config_file(
       str(REPO / "configs" / "synthetic_baseline.py") +

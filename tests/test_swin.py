@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from mtdense_jax.convert import torch_utils
+from mtdense_jax.models import multitask
 from mtdense_jax.models.encoders import swin
 from tests import upstream
 
@@ -138,7 +139,6 @@ def test_features_metadata_matches_model():
 
 def test_baseline_config_with_swin_predicts_full_size_maps():
   from mtdense_jax import config_check  # pylint: disable=g-import-not-at-top
-  from mtdense_jax.models import multitask  # pylint: disable=g-import-not-at-top
   from tests.conftest import REPO  # pylint: disable=g-import-not-at-top
   cfg = config_check.load_config_file(
       str(REPO / "configs" / "synthetic_baseline.py") +
@@ -186,3 +186,42 @@ def test_remat_block_keeps_gradients_and_bf16_stays_close():
     assert bf16[s].dtype == jnp.bfloat16
     err = np.abs(np.asarray(bf16[s], np.float32) - np.asarray(f32[s])).max()
     assert err < 0.1 * np.abs(np.asarray(f32[s])).max(), s
+
+
+def test_parity_with_hf_swin():
+  """HF computes windows differently (pad before the shift; square windows
+  clipped by the shorter side): window_rule="hf". 36x52 gives 9x13 and 5x7
+  maps whose padding (3) exceeds the shift (2), where the two orders
+  differ. Two stages: HF cannot run stages smaller than its window."""
+  torch = pytest.importorskip("torch")
+  transformers = pytest.importorskip("transformers")
+  img_size, kw = (36, 52), dict(depths=(2, 2), num_heads=(1, 2))
+  torch.manual_seed(0)
+  hf = transformers.SwinModel(transformers.SwinConfig(
+      image_size=img_size, patch_size=4, embed_dim=8, window_size=4,
+      **{k: list(v) for k, v in kw.items()})).eval()
+  with torch.no_grad():
+    for name, p in hf.named_parameters():
+      if "norm" in name or name.endswith("bias"):
+        p.add_(0.1 * torch.randn_like(p))
+  x = np.random.RandomState(0).randn(2, *img_size, 3).astype(np.float32)
+  with torch.no_grad():
+    emb, dims = hf.embeddings(torch.from_numpy(x).permute(0, 3, 1, 2))
+    enc = hf.encoder(emb, dims, output_hidden_states=True,
+                     output_hidden_states_before_downsampling=True)
+    ref = [h.permute(0, 2, 3, 1).numpy()
+           for h in enc.reshaped_hidden_states[1:]]
+    last = hf.layernorm(enc.last_hidden_state)
+    ref[-1] = last.reshape(ref[-1].shape).numpy()
+  sd = {k: v.numpy() for k, v in hf.state_dict().items()}
+  model = upstream.converted(
+      lambda: swin.build("T", img_size=img_size, rngs=nnx.Rngs(1),
+                         out_norms="last", window_rule="hf", embed_dim=8,
+                         window_size=4, **kw),
+      swin.from_hf, sd)
+  out = upstream.run(model, x)
+  assert sorted(out) == [4, 8]
+  for (stride, got), want in zip(sorted(out.items()), ref):
+    err = np.abs(np.asarray(got) - want).max() / np.abs(want).max()
+    print(f"HF stride {stride}: max |err| / max |ref| = {err:.1e}")
+    assert err < RTOL, f"stride {stride}: relative error {err:.2e}"

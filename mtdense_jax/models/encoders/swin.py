@@ -35,7 +35,8 @@ VARIANTS = {
     "L": dict(embed_dim=192, depths=(2, 2, 18, 2), num_heads=(6, 12, 24, 48)),
 }
 _DEFAULTS = dict(window_size=7, patch_size=4, mlp_ratio=4.0,
-                 drop_path_rate=0.0, always_partition=False, out_norms="all")
+                 drop_path_rate=0.0, always_partition=False, out_norms="all",
+                 window_rule="timm")
 STRIDES = (4, 8, 16, 32)
 
 
@@ -121,8 +122,8 @@ class SwinBlock(nnx.Module):
 
   def __init__(self, dim: int, num_heads: int, window: tuple[int, int],
                shift: tuple[int, int], mlp_ratio: float, drop_path: float, *,
-               rngs: nnx.Rngs, dtype: Any):
-    self.window, self.shift = window, shift
+               rngs: nnx.Rngs, dtype: Any, pad_first: bool = False):
+    self.window, self.shift, self.pad_first = window, shift, pad_first
     self.norm1 = nnx.LayerNorm(dim, epsilon=1e-5, dtype=dtype, rngs=rngs)
     self.attn = WindowAttention(dim, num_heads, window, rngs=rngs,
                                 dtype=dtype)
@@ -133,17 +134,23 @@ class SwinBlock(nnx.Module):
   def _attn(self, x: jax.Array) -> jax.Array:
     b, h, w, c = x.shape
     (wh, ww), (sh, sw) = self.window, self.shift
+    ph, pw = (-h) % wh, (-w) % ww
+    pad = ((0, 0), (0, ph), (0, pw), (0, 0))
+    if self.pad_first:   # HF / original release: pad, then shift.
+      x = jnp.pad(x, pad)
     if sh or sw:
       x = jnp.roll(x, (-sh, -sw), axis=(1, 2))
-    ph, pw = (-h) % wh, (-w) % ww
-    x = jnp.pad(x, ((0, 0), (0, ph), (0, pw), (0, 0)))
+    if not self.pad_first:   # timm: shift, then pad.
+      x = jnp.pad(x, pad)
     mask = (shift_mask(h + ph, w + pw, self.window, self.shift)
             if sh or sw else None)
     x = self.attn(partition(x, self.window), mask)
-    x = unpartition(x, self.window, b, h + ph, w + pw)[:, :h, :w]
+    x = unpartition(x, self.window, b, h + ph, w + pw)
+    if not self.pad_first:
+      x = x[:, :h, :w]
     if sh or sw:
       x = jnp.roll(x, (sh, sw), axis=(1, 2))
-    return x
+    return x[:, :h, :w]
 
   def __call__(self, x: jax.Array, *, rngs: Any = None) -> jax.Array:
     x = x + self.drop_path(self._attn(self.norm1(x)), rngs=rngs)
@@ -185,10 +192,15 @@ class SwinStage(nnx.Module):
 
 
 def stage_windows(res: tuple[int, int], window: tuple[int, int],
-                  always_partition: bool):
-  """timm ``_calc_window_shift``: (window, shift) for a stage resolution."""
+                  always_partition: bool, rule: str = "timm"):
+  """(window, shift) for a stage resolution: timm's ``_calc_window_shift``
+  (per side), or HF's ``set_shift_and_window_size`` (square, by min side)."""
   shift = (window[0] // 2, window[1] // 2)
   if always_partition:
+    return window, shift
+  if rule == "hf":
+    if min(res) <= window[0]:
+      return (min(res),) * 2, (0, 0)
     return window, shift
   win = tuple(min(r, w) for r, w in zip(res, window))
   return win, tuple(0 if r <= w else s for r, w, s in zip(res, win, shift))
@@ -201,10 +213,13 @@ class Swin(nnx.Module):
                depths: Sequence[int], num_heads: Sequence[int],
                window_size: int | tuple[int, int], patch_size: int,
                mlp_ratio: float, drop_path_rate: float,
-               always_partition: bool, out_norms: str, rngs: nnx.Rngs,
+               always_partition: bool, out_norms: str, window_rule: str,
+               rngs: nnx.Rngs,
                dtype: Any = jnp.float32, remat_policy: str | None = None):
     window = ((window_size,) * 2 if isinstance(window_size, int)
               else tuple(window_size))
+    if window_rule not in ("timm", "hf"):
+      raise ValueError(f"Swin window_rule={window_rule!r}; 'timm' or 'hf'")
     self.dtype, self.remat_policy = dtype, remat_policy
     self.patch_size = patch_size
     self.out_strides = tuple(patch_size * 2 ** i for i in range(len(depths)))
@@ -220,10 +235,11 @@ class Swin(nnx.Module):
       if i:
         down = PatchMerging(dim // 2, rngs=rngs, dtype=dtype)
         res = ((res[0] + 1) // 2, (res[1] + 1) // 2)
-      win, shift = stage_windows(res, window, always_partition)
+      win, shift = stage_windows(res, window, always_partition, window_rule)
       blocks = [SwinBlock(dim, heads, win, shift if j % 2 else (0, 0),
                           mlp_ratio, float(next(rates)), rngs=rngs,
-                          dtype=dtype) for j in range(depth)]
+                          dtype=dtype, pad_first=window_rule == "hf")
+                for j in range(depth)]
       stages.append(SwinStage(blocks, down))
     self.layers = nnx.List(stages)
     if out_norms not in ("all", "last"):
@@ -255,7 +271,9 @@ def build(variant: str, *, img_size: tuple[int, int], rngs: nnx.Rngs,
 
   Overrides: embed_dim, depths, num_heads, window_size, patch_size,
   mlp_ratio, drop_path_rate, always_partition, out_norms ("all": a
-  LayerNorm on every stage output, "last": timm's). ``remat="block"``
+  LayerNorm on every stage output, "last": timm's), window_rule ("timm";
+  "hf" for HF/original-release checkpoints: square windows clipped by the
+  shorter side, padding before the shift). ``remat="block"``
   checkpoints each block with ``remat_policy``.
   """
   if variant not in VARIANTS:
@@ -359,4 +377,57 @@ def from_timm(state_dict: Mapping[str, np.ndarray], model: Swin, *,
   return state
 
 
-CONVERTERS = {"timm": from_timm, "official": from_timm}
+def from_hf(state_dict: Mapping[str, np.ndarray], model: Swin, *,
+            prefix: str = "", strict: bool = True) -> nnx.State:
+  """HF ``SwinModel`` state_dict (``embeddings.*``, ``encoder.layers.*``;
+  ``swin.`` prefix for task models; the published names or transformers 5's
+  ``q_proj``...) -> an ``nnx.State``. Build the model with
+  ``window_rule="hf"`` to compute as HF does."""
+  # transformers >= 5 names -> the names of the published checkpoints.
+  new = ((".attention.q_proj.", ".attention.self.query."),
+         (".attention.k_proj.", ".attention.self.key."),
+         (".attention.v_proj.", ".attention.self.value."),
+         (".attention.o_proj.", ".attention.output.dense."),
+         (".attention.relative_position_bias.relative_position_bias_table",
+          ".attention.self.relative_position_bias_table"))
+  sd = {}
+  for k, v in state_dict.items():
+    if k.startswith(prefix):
+      k = k[len(prefix):]
+      for old, cur in new:
+        k = k.replace(old, cur)
+      sd[k] = np.asarray(v)
+  subs = ((r"^embeddings\.patch_embeddings\.projection\.",
+           "patch_embed.proj."),
+          (r"^embeddings\.norm\.", "patch_embed.norm."),
+          (r"^layernorm\.", "norm."),
+          (r"^encoder\.layers\.(\d+)\.downsample\.",
+           lambda m: f"layers.{int(m[1]) + 1}.downsample."),
+          (r"^encoder\.layers\.", "layers."),
+          (r"\.layernorm_before\.", ".norm1."),
+          (r"\.layernorm_after\.", ".norm2."),
+          (r"\.attention\.self\.relative_position_bias_table$",
+           ".attn.relative_position_bias_table"),
+          (r"\.attention\.output\.dense\.", ".attn.proj."),
+          (r"\.intermediate\.dense\.", ".mlp.fc1."),
+          (r"\.output\.dense\.", ".mlp.fc2."))
+  out = {}
+  for k, v in sd.items():
+    if re.search(r"(relative_position_index|^pooler\.)", k):
+      continue
+    m = re.match(
+        r"(.*)\.attention\.self\.(query|key|value)\.(weight|bias)$", k)
+    if m:
+      if m[2] == "query":
+        out[f"{m[1]}.attn.qkv.{m[3]}"] = np.concatenate(
+            [sd[f"{m[1]}.attention.self.{n}.{m[3]}"]
+             for n in ("query", "key", "value")])
+      continue
+    for pat, rep in subs:
+      k = re.sub(pat, rep, k)
+    out[k] = v
+  out = {re.sub(r"^encoder\.", "", k): v for k, v in out.items()}
+  return from_timm(out, model, strict=strict)
+
+
+CONVERTERS = {"timm": from_timm, "official": from_timm, "hf": from_hf}
