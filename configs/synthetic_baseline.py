@@ -12,7 +12,11 @@ depth RMSE well below the mean-depth RMSE, normals mean angle well below the
 mean-normal error. Running it again with the same workdir resumes.
 
 Args (``configs/synthetic_baseline.py:arg=value,...``):
-  variant: ViT variant (Ti/16, S/16, B/16, L/16).
+  encoder: "vit" (a 6-block ViT) or a Swin "swin_t|s|b|l" (all four stages,
+    two blocks each; the decoder resizes its stride-4..32 maps to stride 16)
+    or "hrnet" (W18-small-v2's four branches; sizes must be multiples of 32,
+    so runlocal pads its 32x48 scenes to 32x64).
+  variant: ViT variant (Ti/16, S/16, B/16, L/16); ignored for Swin.
   steps: training steps.
   runlocal: a seconds-long smoke run (tiny images, few steps).
 """
@@ -23,7 +27,8 @@ from mtdense_jax import config_defaults as common
 
 
 def get_config(arg: str | None = None) -> mlc.ConfigDict:
-  arg = common.parse_arg(arg, variant="Ti/16", steps=1200, runlocal=False)
+  arg = common.parse_arg(arg, encoder="vit", variant="Ti/16", steps=1200,
+                         runlocal=False)
   c = common.base_config()
   c.tasks = ("semseg", "depth", "normals", "edge")
   c.data.name = "synthetic_scenes"
@@ -34,6 +39,17 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
   c.model.encoder = "vit"
   c.model.variant = arg.variant
   c.model.encoder_kw = mlc.ConfigDict(dict(depth=6))
+  swin = arg.encoder.startswith("swin_")
+  if swin:
+    c.model.encoder = "swin"
+    c.model.variant = arg.encoder[len("swin_"):].upper()
+    c.model.encoder_kw = mlc.ConfigDict(dict(depths=(2, 2, 2, 2)))
+  elif arg.encoder == "hrnet":
+    c.model.encoder = "hrnet"
+    c.model.variant = "W18-small-v2"
+    c.model.encoder_kw = mlc.ConfigDict()
+  elif arg.encoder != "vit":
+    raise ValueError(f"encoder={arg.encoder!r}; vit, swin_t|s|b|l or hrnet")
   c.model.decoder = "baseline"
   c.model.decoder_kw = mlc.ConfigDict(dict(dim=96))
 
@@ -57,6 +73,14 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
         height=32, width=48, num_train=16, num_validation=8))
     c.data.image_size = (32, 48)
     c.model.encoder_kw = mlc.ConfigDict(dict(depth=4, width=48, num_heads=3))
+    if swin:
+      c.model.encoder_kw = mlc.ConfigDict(dict(
+          embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 1, 2, 2),
+          window_size=4))
+    if arg.encoder == "hrnet":
+      c.data.image_size = (32, 64)
+      c.model.encoder_kw = mlc.ConfigDict(dict(
+          stem_planes=8, modules=(1, 1, 1), blocks=1, channels=(4, 8, 8, 8)))
     c.model.decoder_kw = mlc.ConfigDict(dict(dim=16))
     c.optim.total_steps = c.train.steps = 4
     c.optim.warmup_steps = 1

@@ -22,6 +22,20 @@ def resize(x: jax.Array, size: tuple[int, int]) -> jax.Array:
   return jax.image.resize(x, (b, *size, c), method="linear", antialias=False)
 
 
+def same_size(feats: list[jax.Array] | Mapping[int, jax.Array],
+              img_size: tuple[int, int]) -> list[jax.Array]:
+  """Taps as a list at one size: a multi-scale {stride: map} encoder's maps
+  (ascending stride) are resized to the one nearest stride 16, the head's
+  input stride."""
+  if isinstance(feats, Mapping):
+    feats = [feats[s] for s in sorted(feats)]
+  sizes = {f.shape[1:3] for f in feats}
+  if len(sizes) == 1:
+    return list(feats)
+  target = min(sizes, key=lambda hw: abs(img_size[0] / hw[0] - 16))
+  return [resize(f, target) if f.shape[1:3] != target else f for f in feats]
+
+
 class ConvBNReLU(nnx.Module):
   """3x3 conv (no bias) -> BatchNorm -> ReLU."""
 
@@ -62,10 +76,11 @@ class BaselineDecoder(nnx.Module):
     self.heads = nnx.Dict({t: TaskHead(dim, n, rngs=rngs, dtype=dtype)
                            for t, n in task_outputs.items()})
 
-  def __call__(self, feats: list[jax.Array], *,
+  def __call__(self, feats: list[jax.Array] | Mapping[int, jax.Array], *,
                rngs: nnx.Rngs | None = None) -> dict:
     del rngs  # Deterministic decoder.
-    x = jax.nn.relu(self.fuse(jnp.concatenate(feats, axis=-1)))
+    x = jax.nn.relu(self.fuse(jnp.concatenate(same_size(feats, self.img_size),
+                                              axis=-1)))
     final = {t: head(x, self.img_size) for t, head in self.heads.items()}
     return {"final": final, "aux": {}}
 
