@@ -28,9 +28,8 @@ FLAGS = flags.FLAGS
 def main(argv):
   del argv
   runtime.initialize()
-  if not FLAGS["verbosity"].present:
-    # absl.app turns INFO on, and orbax/TFDS are very chatty at INFO.
-    logging.set_verbosity(logging.WARNING)
+  # absl.app turns INFO on, and orbax/TFDS are very chatty at INFO.
+  runtime.quiet_logs(verbose=FLAGS["verbosity"].present)
   config = _CONFIG.value
   config_check.validate(config)
   logging.info("process %d/%d, devices: %s", jax.process_index(),
@@ -46,5 +45,14 @@ def main(argv):
     sys.exit(f"Error: {e}")
 
 
+def _help_requested(argv) -> bool:
+  return any(a in ("-h", "--help", "--helpshort", "--helpfull")
+             for a in argv[1:])
+
+
 if __name__ == "__main__":
+  if _help_requested(sys.argv):  # absl exits 1 after --help; a help is a 0.
+    print(__doc__)
+    print(FLAGS.main_module_help())
+    sys.exit(0)
   config_check.run_checked(app.run, main)

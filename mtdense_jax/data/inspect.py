@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image
 
 from mtdense_jax import registry
+from mtdense_jax import viz
 
 _LABEL_TASKS = ("semseg", "human_parts")
 
@@ -45,12 +46,9 @@ def colorize(task: str, y: np.ndarray) -> np.ndarray:
     return _palette()[y[..., 0]]
   if task in ("edge", "sal"):
     return np.repeat((y[..., :1] > 0).astype(np.uint8) * 255, 3, -1)
-  if task == "depth":
-    d = y[..., 0]
-    valid = d > 0
-    hi = d[valid].max() if valid.any() else 1.0
-    g = np.where(valid, 255 * (1 - d / hi), 0).astype(np.uint8)
-    return np.repeat(g[..., None], 3, -1)
+  if task == "depth":  # the colours of predict's panels (0..10 m)
+    d = y[..., 0].astype(np.float32)
+    return viz.scalar_rgb(d, 0.0, 10.0, valid=d > 0)
   return np.clip((y + 1) * 127.5, 0, 255).astype(np.uint8)  # normals
 
 
@@ -159,7 +157,8 @@ def inspect(builder, *, max_examples: int = 0, grid_rows: int = 4,
 def main(argv: Sequence[str] | None = None) -> str:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--dataset", required=True)
-  p.add_argument("--config", default=None)
+  p.add_argument("--config", default=None,
+                 help="builder config (default: the dataset's first)")
   p.add_argument("--data_dir", default=None)
   p.add_argument("--manual_dir", default=None)
   p.add_argument("--prepare", action="store_true",
@@ -170,6 +169,9 @@ def main(argv: Sequence[str] | None = None) -> str:
   p.add_argument("--out", default="inspect_grid.png")
   a = p.parse_args(argv)
   module = registry.lookup("dataset", a.dataset)
+  if a.config is None:  # The builder's first (default) config.
+    configs = getattr(module.Builder, "BUILDER_CONFIGS", None) or []
+    a.config = configs[0].name if configs else None
   builder = module.make_builder(a.config, data_dir=a.data_dir,
                                 manual_dir=a.manual_dir)
   if not builder.is_prepared():
