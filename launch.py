@@ -45,14 +45,6 @@ def main(argv):
     sys.exit(f"Error: {e}")
 
 
-def _help_requested(argv) -> bool:
-  return any(a in ("-h", "--help", "--helpshort", "--helpfull")
-             for a in argv[1:])
-
-
 if __name__ == "__main__":
-  if _help_requested(sys.argv):  # absl exits 1 after --help; a help is a 0.
-    print(__doc__)
-    print(FLAGS.main_module_help())
-    sys.exit(0)
+  runtime.help_and_exit_if_asked(sys.argv, __doc__)
   config_check.run_checked(app.run, main)

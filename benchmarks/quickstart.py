@@ -146,4 +146,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  runtime.help_and_exit_if_asked(sys.argv, __doc__)
   app.run(main)

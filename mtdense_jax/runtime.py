@@ -81,3 +81,17 @@ def quiet_logs(verbose: bool = False) -> None:
     tfds.disable_progress_bar()
   except ImportError:
     pass
+
+
+def help_and_exit_if_asked(argv, doc: str | None) -> None:
+  """`--help` of an absl program prints its doc and flags and exits 0
+  (absl's own --help exits 1, which reads as a failure)."""
+  if not any(a in ("-h", "--help", "--helpshort", "--helpfull")
+             for a in argv[1:]):
+    return
+  import sys  # pylint: disable=g-import-not-at-top
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  if doc:
+    print(doc)
+  print(flags.FLAGS.main_module_help())
+  sys.exit(0)
