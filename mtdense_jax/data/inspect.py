@@ -176,8 +176,9 @@ def main(argv: Sequence[str] | None = None) -> str:
                                 manual_dir=a.manual_dir)
   if not builder.is_prepared():
     if not a.prepare:
-      raise SystemExit(f"{a.dataset} is not prepared in {builder.data_dir}; "
-                       "pass --prepare (and --manual_dir).")
+      raise SystemExit(f"{a.dataset}/{builder.builder_config.name} is not "
+                       f"prepared in {builder.data_dir}; pass --prepare "
+                       "(and --manual_dir for a downloaded archive).")
     builder.download_and_prepare(file_format="array_record")
   return inspect(builder, max_examples=a.max_examples, grid_rows=a.rows,
                  out=a.out)
