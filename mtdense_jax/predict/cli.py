@@ -86,6 +86,12 @@ def _parser() -> argparse.ArgumentParser:
   return parser
 
 
+def _fail(message: str, code: int = 2):
+  """One line on stderr and the exit code (2: a wrong argument)."""
+  print(f"Error: {message}", file=sys.stderr)
+  raise SystemExit(code)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   parser = _parser()
   args = parser.parse_args(argv)
@@ -94,12 +100,11 @@ def main(argv: Sequence[str] | None = None) -> int:
   paths = [pathlib.Path(p) for p in args.images]
   missing = [str(p) for p in paths if not p.is_file()]
   if missing:  # Fail on a bad path before loading anything.
-    parser.error(f"image(s) not found: {', '.join(missing)}")
+    _fail(f"image(s) not found: {', '.join(missing)}")
   if args.workdir and not args.config:
     if not (pathlib.Path(args.workdir) / "config.json").exists():
-      parser.error(f"{args.workdir}/config.json not found: is it a "
-                   "training workdir? Otherwise use --checkpoint DIR "
-                   "--config configs/x.py.")
+      _fail(f"{args.workdir}/config.json not found: is it a training "
+            "workdir? Otherwise use --checkpoint DIR --config configs/x.py.")
   try:
     num_classes = _num_classes_arg(args.num_classes) or None
   except ValueError:
