@@ -6,8 +6,8 @@ With a trained WORKDIR (a checkpoint and config.json) it only reads it: the
 config is WORKDIR/config.json unless --config is given, the latest
 checkpoint's params are evaluated, and nothing is written into WORKDIR.
 Without a checkpoint it first trains --config (default the main job,
-configs/synthetic_invpt.py) there. Then it prints each validation metric next to the
-trivial predictor of that task, fitted on the training split:
+configs/synthetic_invpt.py) there. Then it prints each validation metric
+next to the trivial predictor of that task, fitted on the training split:
 majority class (semseg, human_parts), mean depth, mean unit normal,
 all-background edges, all-background saliency.
 """

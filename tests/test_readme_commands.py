@@ -51,8 +51,8 @@ ENTRIES = sorted({e for e in map(_entry, COMMANDS) if e})
 
 
 def test_readme_has_the_two_commands():
-  assert any(c.startswith("python launch.py --config configs/synthetic_invpt.py")
-             for c in COMMANDS)
+  main_job = "python launch.py --config configs/synthetic_invpt.py"
+  assert any(c.startswith(main_job) for c in COMMANDS)
   assert "python -m pytest -q -n 2" in COMMANDS
 
 
