@@ -18,12 +18,18 @@ def _hashes(root):
           for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def test_quickstart_leaves_a_trained_workdir_unchanged(tmp_path):
+def test_quickstart_leaves_a_trained_workdir_unchanged(tmp_path, capsys):
   cfg = config_check.load_config_file(
       str(REPO / "configs" / "synthetic_baseline.py") + ":runlocal")
   cfg.data.data_dir = str(tmp_path / "tfds")
   workdir = tmp_path / "run"
   loop.train_and_evaluate(cfg, str(workdir))
+  # The run said what it was doing at start and where everything is.
+  said = capsys.readouterr().out
+  for part in ("Dataset synthetic_scenes ready: took", "Parameters:",
+               "total", "Compiling the train step", "took",
+               "Done: step 4", f"--workdir {workdir}"):
+    assert part in said, part
   before = _hashes(workdir)
   env = dict(os.environ, PYTHONPATH=str(REPO))
   out = subprocess.run(
