@@ -28,9 +28,8 @@ FLAGS = flags.FLAGS
 def main(argv):
   del argv
   runtime.initialize()
-  if not FLAGS["verbosity"].present:
-    # absl.app turns INFO on, and orbax/TFDS are very chatty at INFO.
-    logging.set_verbosity(logging.WARNING)
+  # absl.app turns INFO on, and orbax/TFDS are very chatty at INFO.
+  runtime.quiet_logs(verbose=FLAGS["verbosity"].present)
   config = _CONFIG.value
   config_check.validate(config)
   logging.info("process %d/%d, devices: %s", jax.process_index(),
@@ -49,4 +48,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  runtime.help_and_exit_if_asked(sys.argv, __doc__)
   config_check.run_checked(app.run, main)

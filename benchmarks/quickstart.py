@@ -2,9 +2,12 @@ r"""Quickstart quality check: the trained model against trivial baselines.
 
   python benchmarks/quickstart.py [--workdir runs/quickstart] [--config ...]
 
-Trains configs/synthetic_baseline.py in WORKDIR (or resumes / just evaluates
-if it is already trained), then prints each validation metric next to the
-trivial predictor of that task, fitted on the training split:
+With a trained WORKDIR (a checkpoint and config.json) it only reads it: the
+config is WORKDIR/config.json unless --config is given, the latest
+checkpoint's params are evaluated, and nothing is written into WORKDIR.
+Without a checkpoint it first trains --config (default the main job,
+configs/synthetic_invpt.py) there. Then it prints each validation metric
+next to the trivial predictor of that task, fitted on the training split:
 majority class (semseg, human_parts), mean depth, mean unit normal,
 all-background edges, all-background saliency.
 """
@@ -22,11 +25,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from mtdense_jax import config_check, runtime  # pylint: disable=g-import-not-at-top
+from mtdense_jax import predict
 from mtdense_jax.data import pipeline
+from mtdense_jax.train import checkpointing as ckpt
 from mtdense_jax.train import loop
+from mtdense_jax.train import sharding as shd
+from mtdense_jax.train import state as state_lib
 
 flags.DEFINE_string("workdir", "runs/quickstart", "Run directory.")
-flags.DEFINE_string("config", "configs/synthetic_baseline.py", "Config spec.")
+flags.DEFINE_string("config", None, "Config spec (default: WORKDIR/"
+                    "config.json, or configs/synthetic_invpt.py to train).")
 flags.DEFINE_integer("fit_batches", 20, "Train batches to fit baselines on.")
 FLAGS = flags.FLAGS
 
@@ -90,9 +98,39 @@ def trivial_metrics(cfg, tasks, const) -> dict[str, float]:
 def main(argv):
   del argv
   runtime.initialize()
-  cfg = config_check.load_config_file(FLAGS.config)
-  model = loop.train_and_evaluate(cfg, FLAGS.workdir)
-  exp = loop.setup(cfg)
+  runtime.quiet_logs()
+  workdir = pathlib.Path(FLAGS.workdir)
+  trained = (workdir / "checkpoints").is_dir() and any(
+      p.name.isdigit() for p in (workdir / "checkpoints").iterdir())
+  if trained:
+    spec = FLAGS.config or str(workdir / "config.json")
+    try:
+      cfg = predict.load_config(spec)
+    except FileNotFoundError as e:
+      sys.exit(f"Error: {e}")
+    # Read-only: params of the latest checkpoint, nothing written.
+    exp = loop.setup(cfg)
+    defs, abs_params, abs_stats = state_lib.model_defs(exp.factory)
+    repl = shd.replicated(exp.mesh)
+    shardings = {"params": jax.tree.map(lambda _: repl, abs_params),
+                 "batch_stats": jax.tree.map(lambda _: repl, abs_stats)}
+    try:
+      params, step = ckpt.restore_params(
+          (workdir / "checkpoints").absolute(),
+          ckpt.abstract({"params": abs_params, "batch_stats": abs_stats},
+                        shardings))
+    except (ValueError, KeyError) as e:
+      sys.exit(f"Error: the checkpoint in {workdir} does not match config "
+               f"{spec} ({type(e).__name__}); drop --config to use the "
+               "workdir's own.")
+    print(f"Evaluating {workdir} step {step} (config {spec}; read-only).")
+    model = loop.evaluate(exp, loop.compile_eval_step(exp, defs, shardings),
+                          params["params"], params["batch_stats"])
+  else:
+    cfg = config_check.load_config_file(
+        FLAGS.config or "configs/synthetic_invpt.py")
+    model = loop.train_and_evaluate(cfg, FLAGS.workdir)
+    exp = loop.setup(cfg)
   trivial = trivial_metrics(cfg, exp.tasks, fit_trivial(cfg, exp.tasks))
   print(f"\n{'metric':<24}{'model':>12}{'trivial':>12}  better")
   for key in sorted(model):
@@ -108,4 +146,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  runtime.help_and_exit_if_asked(sys.argv, __doc__)
   app.run(main)

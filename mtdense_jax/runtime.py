@@ -38,3 +38,60 @@ def initialize(cache_dir: str | None = None) -> None:
       str(pathlib.Path.home() / ".cache" / "mtdense_jax" / "jit"))
   jax.config.update("jax_compilation_cache_dir", cache_dir)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
+# Libraries whose INFO/WARNING records a user cannot act on (orbax's
+# read-only manager notes, TFDS's "custom data configuration", jax's backend
+# probing); their errors still show.
+_NOISY = ("orbax", "tensorflow_datasets", "jax/_src/xla_bridge",
+          "etils", "grain")
+
+
+class _DropLibraryNoise:
+  """A logging filter: drops sub-ERROR records logged from _NOISY code."""
+
+  def filter(self, record) -> bool:
+    import logging as py_logging  # pylint: disable=g-import-not-at-top
+    if record.levelno >= py_logging.ERROR:
+      return True
+    path = (record.pathname or "").replace("\\", "/")
+    return not any(f"/{n}" in path or path.startswith(n) for n in _NOISY)
+
+
+_quiet = False
+
+
+def quiet_logs(verbose: bool = False) -> None:
+  """absl at WARNING, library noise dropped and TFDS progress bars off, once
+  per process, unless `verbose` or ``MTDENSE_VERBOSE=1``."""
+  global _quiet
+  import logging as py_logging  # pylint: disable=g-import-not-at-top
+  if _quiet or verbose or os.environ.get("MTDENSE_VERBOSE") == "1":
+    return
+  _quiet = True
+  logging.set_verbosity(logging.WARNING)
+  noise = _DropLibraryNoise()
+  logging.get_absl_handler().addFilter(noise)
+  for handler in py_logging.getLogger().handlers:
+    handler.addFilter(noise)
+  for name in ("orbax", "jax._src.xla_bridge"):
+    py_logging.getLogger(name).setLevel(py_logging.ERROR)
+  try:
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    tfds.disable_progress_bar()
+  except ImportError:
+    pass
+
+
+def help_and_exit_if_asked(argv, doc: str | None) -> None:
+  """`--help` of an absl program prints its doc and flags and exits 0
+  (absl's own --help exits 1, which reads as a failure)."""
+  if not any(a in ("-h", "--help", "--helpshort", "--helpfull")
+             for a in argv[1:]):
+    return
+  import sys  # pylint: disable=g-import-not-at-top
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  if doc:
+    print(doc)
+  print(flags.FLAGS.main_module_help())
+  sys.exit(0)

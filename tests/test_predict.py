@@ -13,6 +13,8 @@ import pytest
 
 from mtdense_jax import config_check
 from mtdense_jax import predict
+from mtdense_jax import viz
+from mtdense_jax.predict import panels
 from mtdense_jax.data import pipeline, sources
 from mtdense_jax.models import multitask
 from mtdense_jax.train import checkpointing as ckpt
@@ -183,9 +185,10 @@ def test_cli_writes_pngs_at_original_size(run, tmp_path):
 
 def test_params_only_checkpoint_without_dataset(predictor, tmp_path):
   """A converted checkpoint: params item only, a config whose dataset is
-  not prepared; num_classes comes from the checkpoint's head shapes."""
+  not prepared; num_classes comes from the checkpoint's meta item."""
   conv = tmp_path / "conv"
-  ckpt.save_params(conv, predictor.params, meta={"converted_from": "test"})
+  ckpt.save_params(conv, predictor.params, meta={
+      "converted_from": "test", predict.META_KEY: predictor.meta})
   empty = tmp_path / "no_data"
   empty.mkdir()
   cfg = _config(empty)
@@ -209,7 +212,7 @@ def test_params_only_checkpoint_without_dataset(predictor, tmp_path):
 
 def test_invpt_params_checkpoint_pascal_tasks(tmp_path):
   """A converter-style InvPT checkpoint (random weights) with PASCAL's five
-  tasks: both head sizes are found from the checkpoint, every task is
+  tasks and no metadata: the head sizes are given explicitly, every task is
   predicted and drawn."""
   cfg = config_check.load_config_file(
       str(REPO / "configs" / "pascal_invpt.py") + ":runlocal")
@@ -223,8 +226,11 @@ def test_invpt_params_checkpoint_pascal_tasks(tmp_path):
   ckpt.save_params(tmp_path / "invpt", {
       "params": nnx.state(model, nnx.Param),
       "batch_stats": nnx.state(model, nnx.BatchStat)})
-  p = predict.Predictor.from_checkpoint(tmp_path / "invpt", cfg,
-                                        batch_size=1)
+  with pytest.raises(ValueError, match="--num-classes"):
+    predict.Predictor.from_checkpoint(tmp_path / "invpt", cfg)
+  p = predict.Predictor.from_checkpoint(
+      tmp_path / "invpt", cfg, batch_size=1,
+      num_classes={"semseg": 21, "human_parts": 7})
   assert {t: p.tasks[t].num_outputs for t in cfg.tasks} == {
       t: outputs[t] for t in cfg.tasks}
   image = _images()[1]
@@ -236,3 +242,83 @@ def test_invpt_params_checkpoint_pascal_tasks(tmp_path):
   assert all(c.shape == (20, 100, 3) and c.dtype == np.uint8
              for c in colours.values())
   assert p.panel(image, pred).ndim == 3
+
+
+def test_cli_failures_are_one_line_with_exit_codes(run, tmp_path, capsys):
+  """A missing image or a workdir without config.json is a usage error (2);
+  a workdir without a checkpoint is an error (1); one line, no traceback."""
+  _, workdir = run
+  image = tmp_path / "x.png"
+  Image.fromarray(_images()[0]).save(image)
+  with pytest.raises(SystemExit) as e:
+    predict.main(["--workdir", str(workdir), "--images",
+                  str(tmp_path / "nope.jpg"), "--out", str(tmp_path / "o")])
+  assert e.value.code == 2
+  assert "nope.jpg" in capsys.readouterr().err
+  with pytest.raises(SystemExit) as e:
+    predict.main(["--workdir", str(tmp_path), "--images", str(image),
+                  "--out", str(tmp_path / "o")])
+  assert e.value.code == 2
+  assert "config.json" in capsys.readouterr().err
+  empty = tmp_path / "untrained"
+  empty.mkdir()
+  (empty / "config.json").write_text((workdir / "config.json").read_text())
+  assert predict.main(["--workdir", str(empty), "--images", str(image),
+                       "--out", str(tmp_path / "o")]) == 1
+  err = capsys.readouterr().err.strip()
+  assert err.startswith("Error: No checkpoint in") and "\n" not in err
+  assert not (tmp_path / "o").exists()
+
+
+def test_checkpoint_meta_comes_before_workdir_file(run, predictor, tmp_path):
+  """meta["dataset_meta"] of the checkpoint wins over dataset_meta.json."""
+  cfg, workdir = run
+  conv = tmp_path / "conv"
+  mine = dict(predictor.meta, class_names={"semseg": ["x"] * 3})
+  ckpt.save_params(conv, predictor.params, meta={predict.META_KEY: mine})
+  got = predict.resolve_meta(cfg, workdir=workdir, checkpoint=conv)
+  assert got["class_names"] == {"semseg": ["x"] * 3}
+  on_disk = json.loads((workdir / predict.META_FILE).read_text())
+  assert got["class_names"] != on_disk.get("class_names")
+  # No meta item: the workdir file is the fallback.
+  plain = tmp_path / "plain"
+  ckpt.save_params(plain, predictor.params)
+  got = predict.resolve_meta(cfg, workdir=workdir, checkpoint=plain)
+  assert got["num_classes"] == on_disk["num_classes"]
+
+
+def test_panel_draws_legend_of_present_classes(predictor):
+  """Each class present in the semseg prediction gets its swatch under the
+  tile; the depth tile gets the shared colour bar."""
+  image = _images()[0]
+  pred = predictor.predict([image])[0]
+  names = predictor.meta["class_names"]["semseg"]
+  rgb = predictor.panel(image, pred)
+  plain = predict.panel([("input", image)] +
+                        list(predictor.colorize(pred).items()))
+  assert rgb.shape[0] > plain.shape[0]  # the legend / colour bar strip
+  task = predictor.tasks["semseg"]
+  present = np.unique(pred["semseg"])
+  absent = sorted(set(range(task.num_classes)) - set(present.tolist()))
+  swatch = task.colorize(np.arange(task.num_classes).reshape(1, -1, 1))[0]
+  strip = panels.footer(task, pred["semseg"], predictor.meta, "semseg", 400)
+  for c in present:
+    assert np.all(strip == swatch[c], axis=-1).any(), names[c]
+  for c in absent:  # only what the prediction contains is listed
+    assert not np.all(strip == swatch[c], axis=-1).any(), names[c]
+  bar = panels.footer(predictor.tasks["depth"], pred["depth"],
+                      predictor.meta, "depth", 200)
+  lo, hi = predictor.tasks["depth"].vis_range
+  ends = viz.scalar_rgb(np.array([[lo, hi]]), lo, hi)[0]
+  assert np.all(bar[2, 4] == ends[0]) and np.all(bar[2, 200 - 5] == ends[1])
+
+
+def test_restore_renormalises_unit_vectors():
+  rng = np.random.default_rng(0)
+  v = rng.normal(size=(8, 8, 3)).astype(np.float32)
+  v /= np.linalg.norm(v, axis=-1, keepdims=True)
+  pl = predict.place((20, 20), (8, 8))
+  out = predict.restore(v, pl)
+  np.testing.assert_allclose(np.linalg.norm(out, axis=-1), 1.0, atol=1e-5)
+  scalar = predict.restore(v[..., :1], pl)  # not a unit field: untouched
+  assert scalar.shape == (20, 20, 1)

@@ -95,7 +95,9 @@ def test_postprocess_and_colorize():
   np.testing.assert_array_equal(out, [[[[0.0], [2.0]]]])
   img = task.colorize(np.array([[[0.0], [5.0], [255.0], [10.0]]], np.float32))
   assert img.shape == (1, 4, 3) and img.dtype == np.uint8
-  assert (img[0, 0] == 0).all() and (img[0, 2] == 0).all()  # invalid: black
+  # Invalid (0 and 255): the grey invalid pattern, not a depth colour.
+  assert (img[0, 0] == img[0, 2]).all() and len(set(img[0, 0])) == 1
+  assert not (img[0, 0] == img[0, 1]).all()
   assert not (img[0, 1] == img[0, 3]).all()  # different depths differ
 
 

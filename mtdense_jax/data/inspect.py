@@ -149,7 +149,8 @@ def inspect(builder, *, max_examples: int = 0, grid_rows: int = 4,
 def main(argv: Sequence[str] | None = None) -> str:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--dataset", required=True)
-  p.add_argument("--config", default=None)
+  p.add_argument("--config", default=None,
+                 help="builder config (default: the dataset's first)")
   p.add_argument("--data_dir", default=None)
   p.add_argument("--manual_dir", default=None)
   p.add_argument("--prepare", action="store_true",
@@ -160,12 +161,16 @@ def main(argv: Sequence[str] | None = None) -> str:
   p.add_argument("--out", default="inspect_grid.png")
   a = p.parse_args(argv)
   module = registry.lookup("dataset", a.dataset)
+  if a.config is None:  # The builder's first (default) config.
+    configs = getattr(module.Builder, "BUILDER_CONFIGS", None) or []
+    a.config = configs[0].name if configs else None
   builder = module.make_builder(a.config, data_dir=a.data_dir,
                                 manual_dir=a.manual_dir)
   if not builder.is_prepared():
     if not a.prepare:
-      raise SystemExit(f"{a.dataset} is not prepared in {builder.data_dir}; "
-                       "pass --prepare (and --manual_dir).")
+      raise SystemExit(f"{a.dataset}/{builder.builder_config.name} is not "
+                       f"prepared in {builder.data_dir}; pass --prepare "
+                       "(and --manual_dir for a downloaded archive).")
     builder.download_and_prepare(file_format="array_record")
   return inspect(builder, max_examples=a.max_examples, grid_rows=a.rows,
                  out=a.out)

@@ -30,9 +30,9 @@ from typing import ClassVar, Mapping
 
 import jax
 import jax.numpy as jnp
-import matplotlib
 import numpy as np
 
+from mtdense_jax import viz
 from mtdense_jax.tasks import base
 from mtdense_jax.tasks import common
 
@@ -134,11 +134,13 @@ class Task(base.Task):
             "log_rmse": float(np.sqrt(mean["log_sq"])),
             "abs_rel": mean["abs_rel"], "sq_rel": mean["sq_rel"]}
 
+  # What the panels' colour bar shows (mtdense_jax/viz.py).
+  units: ClassVar[str] = "m"
+  vis_range: ClassVar[tuple[float, float]] = (0.0, _VIS_MAX_DEPTH)
+
   def colorize(self, x: np.ndarray) -> np.ndarray:
-    """Depth (H, W, 1) -> viridis RGB over [0, 10] m; invalid pixels black."""
+    """Depth (H, W, 1) -> the shared scalar map over [0, 10] m; invalid
+    pixels (ignore value, <= 0) as viz's grey checkerboard."""
     d = np.asarray(x, np.float32)[..., 0]
-    ok = (d != self.invalid_value) & (d > 0)
-    t = np.clip(d / _VIS_MAX_DEPTH, 0.0, 1.0)
-    rgb = matplotlib.colormaps["viridis"](t)[..., :3]
-    rgb = np.where(ok[..., None], rgb, 0.0)
-    return (rgb * 255.0 + 0.5).astype(np.uint8)
+    return viz.scalar_rgb(d, *self.vis_range,
+                          valid=(d != self.invalid_value) & (d > 0))

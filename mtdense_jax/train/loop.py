@@ -26,6 +26,7 @@ from mtdense_jax.evaluators import dense
 from mtdense_jax.tasks import base as task_base
 from mtdense_jax.train import checkpointing as ckpt
 from mtdense_jax.train import optim
+from mtdense_jax.train import report
 from mtdense_jax.train import sharding as shd
 from mtdense_jax.train import state as state_lib
 from mtdense_jax.train import step as step_lib
@@ -203,10 +204,13 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
   Returns the metrics of the final evaluation.
   """
   workdir = pathlib.Path(workdir)
-  exp = setup(config)
+  with report.Timer(f"Preparing dataset {config.data.name}",
+                    f"Dataset {config.data.name} ready"):
+    exp = setup(config)
   tcfg = config.train
   writer = writers.MetricWriter(workdir)
   if jax.process_index() == 0:
+    workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
     # Inference needs the head sizes without the dataset being present.
     (workdir / "dataset_meta.json").write_text(
@@ -215,6 +219,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
   defs, state, shardings = state_lib.init_state(
       exp.factory, exp.tx, exp.weighting, list(exp.tasks), exp.mesh,
       config.get("sharding"))
+  report.say("Parameters:\n" + report.parameter_table(
+      {"params": state["params"], "batch_stats": state["batch_stats"]}))
   data_iter = pipeline.make_train_iter(
       config.data, exp.tasks, global_batch_size=tcfg.batch_size,
       seed=config.seed)
@@ -240,9 +246,19 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
   progress = writers.Progress(tcfg.steps, start)
   acc = jax.device_put(step_lib.zero_acc(exp.tasks), shd.replicated(exp.mesh))
   metrics = {}
+  first = report.Timer("Compiling the train step (first step)",
+                       "First step (compile included)") \
+      if start < tcfg.steps else None
   for step in range(start + 1, tcfg.steps + 1):
     batch = shd.global_batch(next(data_iter), exp.mesh)
-    state, _, acc = train_fn(state, batch, acc)
+    if first is not None:
+      with first:
+        state, _, acc = jax.block_until_ready(train_fn(state, batch, acc))
+      first = None
+      report.say(f"Training to step {tcfg.steps}; a progress line every "
+                 f"{tcfg.log_every} steps.")
+    else:
+      state, _, acc = train_fn(state, batch, acc)
     is_last = step == tcfg.steps
     if step % tcfg.log_every == 0 or step % tcfg.ckpt_every == 0 or is_last:
       means = _mean(acc)
@@ -271,6 +287,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
   mngr.wait_until_finished()
   mngr.close()
   writer.close()
+  report.say(report.end_summary(workdir, max(start, tcfg.steps), metrics))
   return metrics
 
 

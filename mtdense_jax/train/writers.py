@@ -25,11 +25,17 @@ class MetricWriter:
   def __init__(self, workdir: str | pathlib.Path, *, enabled: bool | None = None):
     self.enabled = jax.process_index() == 0 if enabled is None else enabled
     self.workdir = pathlib.Path(workdir)
-    self._tb = None
-    if self.enabled:
+    self._tb_writer = None  # Created on first write: a run that fails
+                            # before training leaves no event file.
+
+  @property
+  def _tb(self):
+    if self._tb_writer is None:
       import tensorboardX  # pylint: disable=g-import-not-at-top
       self.workdir.mkdir(parents=True, exist_ok=True)
-      self._tb = tensorboardX.SummaryWriter(str(self.workdir / "tensorboard"))
+      self._tb_writer = tensorboardX.SummaryWriter(
+          str(self.workdir / "tensorboard"))
+    return self._tb_writer
 
   def scalars(self, step: int, values: Mapping[str, float],
               prefix: str = "") -> None:
@@ -44,24 +50,41 @@ class MetricWriter:
 
   def evaluation(self, step: int, metrics: Mapping[str, float],
                  filename: str = "metrics.jsonl") -> None:
-    """One JSON object per evaluation: the step and every metric."""
+    """One JSON object per (step, file): the step and every metric; a
+    re-evaluation of a step replaces its row (the file is rewritten)."""
     self.scalars(step, metrics, prefix="eval/")
     if not self.enabled:
       return
     row = {"step": int(step)}
     row.update({k: _json_float(v) for k, v in metrics.items()})
-    with open(self.workdir / filename, "a") as f:
-      f.write(json.dumps(row) + "\n")
+    upsert_row(self.workdir / filename, row)
     logging.info("eval step %d: %s", step, _fmt(metrics))
     print(f"[eval] step {step}: {_fmt(metrics)}", flush=True)
 
   def flush(self) -> None:
-    if self._tb is not None:
-      self._tb.flush()
+    if self._tb_writer is not None:
+      self._tb_writer.flush()
 
   def close(self) -> None:
-    if self._tb is not None:
-      self._tb.close()
+    if self._tb_writer is not None:
+      self._tb_writer.close()
+
+
+def upsert_row(path: pathlib.Path, row: Mapping[str, object]) -> None:
+  """Appends `row` to a JSON-lines file, replacing a row of the same step
+  (written to a temporary file and renamed, so a crash loses nothing)."""
+  rows = []
+  if path.exists():
+    for line in path.read_text().splitlines():
+      if line.strip():
+        old = json.loads(line)
+        if old.get("step") != row["step"]:
+          rows.append(old)
+  rows.append(dict(row))
+  rows.sort(key=lambda r: r.get("step", 0))
+  tmp = path.with_name(path.name + ".tmp")
+  tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  tmp.replace(path)
 
 
 class Progress:
