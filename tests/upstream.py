@@ -51,7 +51,8 @@ def timm_module(name: str):
   """``timm.models.<name>``, or skips the test when timm is not installed."""
   pytest.importorskip("torch")
   if importlib.util.find_spec("timm") is None:
-    pytest.skip("timm is not installed (pip install -r requirements-test.txt)")
+    pytest.skip("timm is not installed (pip install --no-deps -r "
+                "requirements-upstream.txt)")
   finder = _Finder()
   sys.meta_path.insert(0, finder)
   try:
