@@ -35,7 +35,8 @@ def test_shapes_and_taps():
   model = _tiny(taps=(1, 3, 4))
   x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 32, 64, 3)),
                   jnp.float32)
-  outs = model(x)
+  outs = model(x)["maps"]
+  assert model.produces.strides == (16,) * 4
   assert model.out_channels == (32,) * 4
   assert [o.shape for o in outs] == [(2, 2, 4, 32)] * 4
   # Tap 3 is the un-normed output of the last block; the 4th tap is normed.
@@ -61,15 +62,16 @@ def test_bad_input_size_and_overrides():
 def test_drop_path_train_eval():
   model = _tiny(drop_path_rate=0.5)
   x = jnp.ones((4, 32, 64, 3))
-  ref = model(x)[-1]
+  ref = model(x)["maps"][-1]
   model.train()
-  np.testing.assert_array_equal(np.asarray(model(x, rngs=None)[-1]),
+  np.testing.assert_array_equal(np.asarray(model(x, rngs=None)["maps"][-1]),
                                 np.asarray(ref))
-  noisy = model(x, rngs=nnx.Rngs(dropout=3))[-1]
+  noisy = model(x, rngs=nnx.Rngs(dropout=3))["maps"][-1]
   assert np.abs(np.asarray(noisy - ref)).max() > 1e-3
   model.eval()
   np.testing.assert_array_equal(
-      np.asarray(model(x, rngs=nnx.Rngs(dropout=3))[-1]), np.asarray(ref))
+      np.asarray(model(x, rngs=nnx.Rngs(dropout=3))["maps"][-1]),
+      np.asarray(ref))
 
 
 @pytest.mark.parametrize("case", ["invpt_nyud_a", "invpt_pascal_a"])
@@ -85,7 +87,7 @@ def test_parity_with_invpt_backbone(golden, case):
         if k.startswith("param/")}
   nnx.update(model, vit.from_torch(sd, model, prefix="backbone."))
   model.eval()
-  outs = model(jnp.asarray(npz["input"].transpose(0, 2, 3, 1)))
+  outs = model(jnp.asarray(npz["input"].transpose(0, 2, 3, 1)))["maps"]
   for i, out in enumerate(outs):
     ref = npz[f"intermediate/backbone/selected_fea_{i}"]  # [B, N, C]
     np.testing.assert_allclose(np.asarray(out).reshape(ref.shape), ref,
