@@ -23,7 +23,6 @@ from typing import Callable, Iterable, Mapping
 
 from flax import nnx
 import numpy as np
-import safetensors.numpy
 
 StateDict = dict[str, np.ndarray]
 
@@ -72,6 +71,7 @@ def load_state_dict(path: str | pathlib.Path, *,
   path = pathlib.Path(path)
   suffix = path.suffix.lower()
   if suffix == ".safetensors":
+    import safetensors.numpy  # pylint: disable=g-import-not-at-top
     return dict(safetensors.numpy.load_file(str(path)))
   if suffix == ".npz":
     with np.load(path, allow_pickle=False) as z:
