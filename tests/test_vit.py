@@ -92,3 +92,32 @@ def test_parity_with_invpt_backbone(golden, case):
     ref = npz[f"intermediate/backbone/selected_fea_{i}"]  # [B, N, C]
     np.testing.assert_allclose(np.asarray(out).reshape(ref.shape), ref,
                                atol=ATOL, rtol=0, err_msg=f"tap {i}")
+
+
+def test_return_attn_option_and_no_class_token():
+  """Built with return_attn the features declare and carry "attn"; without
+  a class token the sequence is just the patches, the cls slot of the
+  position table unused, and a timm checkpoint still loads (its cls_token
+  ignored)."""
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(1, 32, 64, 3)),
+                  jnp.float32)
+  model = _tiny(return_attn=True, class_token=False)
+  assert model.produces.extras == ("attn",)
+  out = model(x)
+  assert [m.shape for m in out["maps"]] == [(1, 2, 4, 32)] * 4
+  assert out["attn"][0]["weights"].shape == (1, 2, 8, 8)
+  with_cls = _tiny(return_attn=True)
+  assert with_cls(x)["attn"][0]["weights"].shape == (1, 2, 9, 9)
+  assert not hasattr(model, "cls_token")
+  sd = {"cls_token": np.zeros((1, 1, 32), np.float32)}
+  for path, var in nnx.to_flat_state(nnx.state(with_cls, nnx.Param)):
+    if path[0] == "cls_token":
+      continue
+    v = np.asarray(var[...])
+    if path[-1] == "kernel":
+      v = v.T if v.ndim == 2 else v.transpose(3, 2, 0, 1)
+    leaf = {"kernel": "weight", "scale": "weight"}.get(path[-1], path[-1])
+    sd[".".join([str(p) for p in path[:-1]] + [leaf])] = v
+  nnx.update(model, vit.from_torch(sd, model))
+  np.testing.assert_array_equal(np.asarray(model.pos_embed[...]),
+                                np.asarray(with_cls.pos_embed[...]))

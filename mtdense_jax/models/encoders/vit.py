@@ -39,7 +39,7 @@ VARIANTS = {
     "L/16": dict(width=1024, depth=24, num_heads=16),
 }
 _DEFAULTS = dict(mlp_ratio=4.0, patch_size=16, drop_path_rate=0.0, taps=None,
-                 return_attn=False)
+                 return_attn=False, class_token=True)
 
 
 class Attention(nnx.Module):
@@ -123,7 +123,7 @@ class ViT(nnx.Module):
                num_heads: int, mlp_ratio: float, patch_size: int,
                drop_path_rate: float, taps: Sequence[int], rngs: nnx.Rngs,
                dtype: Any = jnp.float32, remat_policy: str | None = None,
-               return_attn: bool = False):
+               return_attn: bool = False, class_token: bool = True):
     h, w = img_size
     if h % patch_size or w % patch_size:
       raise ValueError(f"img_size {img_size} not divisible by {patch_size}")
@@ -141,8 +141,12 @@ class ViT(nnx.Module):
     self.remat_policy = remat_policy   # None: no activation checkpointing.
     self.patch_embed = PatchEmbed(patch_size, width, rngs=rngs, dtype=dtype)
     n = self.grid[0] * self.grid[1]
-    self.cls_token = nnx.Param(
-        jax.random.normal(rngs.params(), (1, 1, width)) * 1e-6)
+    # Without a class token the position table keeps its cls slot (so
+    # pretrained tables load as they are) and slot 0 goes unused.
+    self.num_prefix = 1 if class_token else 0
+    if class_token:
+      self.cls_token = nnx.Param(
+          jax.random.normal(rngs.params(), (1, 1, width)) * 1e-6)
     self.pos_embed = nnx.Param(
         jax.random.truncated_normal(rngs.params(), -2., 2., (1, n + 1, width))
         * 0.02)
@@ -153,7 +157,8 @@ class ViT(nnx.Module):
     self.norm = nnx.LayerNorm(width, epsilon=1e-6, dtype=dtype, rngs=rngs)
 
   def embed(self, x: jax.Array) -> jax.Array:
-    """Image -> [cls, patches] + position embedding, (B, 1 + N, C)."""
+    """Image -> [cls, patches] + position embedding, (B, 1 + N, C); just the
+    patches (B, N, C) when built without a class token."""
     b, h, w, _ = x.shape
     gh, gw = h // self.patch_size, w // self.patch_size
     if (gh, gw) != self.grid:
@@ -161,6 +166,8 @@ class ViT(nnx.Module):
                        f"position embedding is for {self.grid}")
     x = self.patch_embed(x.astype(self.dtype))
     x = x.reshape(b, gh * gw, -1)
+    if not self.num_prefix:
+      return x + self.pos_embed[:, 1:].astype(x.dtype)
     cls = jnp.broadcast_to(self.cls_token[...].astype(x.dtype),
                            (b, 1, x.shape[-1]))
     return jnp.concatenate([cls, x], axis=1) + self.pos_embed[...].astype(
@@ -178,7 +185,8 @@ class ViT(nnx.Module):
         patch tokens (no position embedding); adds ``"extra_tokens"``: their
         value after each tap's block (never final-normed).
       return_attn: adds ``"attn"``: per tap, that block's ``{"scores",
-        "weights"}`` over ``[extra, cls, patches]`` (the normed last tap
+        "weights"}`` over ``[extra, cls, patches]`` (no cls when built
+        without it; the normed last tap
         reuses the last block's). Default: as built.
     """
     b, h, w, _ = x.shape
@@ -195,11 +203,11 @@ class ViT(nnx.Module):
         x, extra, attn = _block_with_extra(blk, self.remat_policy, x, extra,
                                            rngs, return_attn)
       if i + 1 in self.taps:
-        maps.append(x[:, 1:].reshape(grid))
+        maps.append(x[:, self.num_prefix:].reshape(grid))
         extras.append(extra)
         attns.append(attn)
     x = self.norm(x)
-    maps.append(x[:, 1:].reshape(grid))
+    maps.append(x[:, self.num_prefix:].reshape(grid))
     out = {"maps": maps}
     if extra_tokens is not None:
       out["extra_tokens"] = extras + [extra]
@@ -230,7 +238,8 @@ def build(variant: str, *, img_size: tuple[int, int], rngs: nnx.Rngs,
 
   Overrides: width, depth, num_heads, mlp_ratio, patch_size, drop_path_rate,
   taps (3 ascending 1-based block indices; default [D/4, D/2, 3D/4]),
-  return_attn (add every tap's attention to the features).
+  return_attn (add every tap's attention to the features), class_token
+  (False: no cls token, as prompt-based encoders use).
   ``remat="block"`` checkpoints each block with ``remat_policy``.
   """
   if variant not in VARIANTS:
@@ -276,8 +285,8 @@ def from_torch(state_dict: Mapping[str, np.ndarray], model: ViT, *,
   if resize_pos_embed and "pos_embed" in sd:
     sd["pos_embed"] = torch_utils.resize_pos_embed(
         np.asarray(sd["pos_embed"]), model.grid, num_prefix_tokens=1)
-  state, _ = torch_utils.convert(sd, model, ignore=_TIMM_UNUSED,
-                                 strict=strict)
+  unused = _TIMM_UNUSED + (() if model.num_prefix else (r"^cls_token$",))
+  state, _ = torch_utils.convert(sd, model, ignore=unused, strict=strict)
   return state
 
 
