@@ -8,11 +8,14 @@ here, and check that converting them back reproduces the model's outputs.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 from flax import nnx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 import safetensors.numpy
 import torch
@@ -80,7 +83,7 @@ def _vit_npz(model: vit.ViT) -> dict[str, np.ndarray]:
 def _same_forward(a: nnx.Module, b: nnx.Module) -> None:
   x = jnp.asarray(np.random.default_rng(1).normal(size=(1, *IMG, 3)),
                   jnp.float32)
-  for ya, yb in zip(a(x), b(x)):
+  for ya, yb in zip(a(x)["maps"], b(x)["maps"]):
     np.testing.assert_allclose(np.asarray(ya), np.asarray(yb), atol=1e-6)
 
 
@@ -207,6 +210,13 @@ def _restore(out, model):
   return params, restored
 
 
+def _meta(out) -> dict:
+  mngr = checkpointing.manager(out, read_only=True, async_save=False)
+  meta = mngr.restore(0, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+  mngr.close()
+  return dict(meta["meta"])
+
+
 def test_cli_invpt(tmp_path, golden):
   npz, meta = golden("invpt_nyud_a")
   cfg, v, d = meta["config"], meta["config"]["vit"], meta["config"]["decoder"]
@@ -229,13 +239,19 @@ def test_cli_invpt(tmp_path, golden):
   want, got = _restore(out, expected)
   for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  meta = _meta(out)
+  heads = {t: cfg["num_output"][t] for t in cfg["tasks"]}
+  assert meta["task_outputs"] == heads and meta["tasks"] == list(heads)
+  assert meta["dataset_meta"]["num_classes"]["semseg"] == heads["semseg"]
+  assert meta["converted_from"] == "invpt"
   key = "multi_task_decoder.invpt.mt_proj.edge.1.running_var"
   np.testing.assert_array_equal(
       np.asarray(expected.decoder.invpt.mt_proj["edge"].bn.var[...]),
       npz[f"param/{key}"])
 
 
-def test_cli_timm_vit_npz(tmp_path):
+@pytest.mark.parametrize("source", ["timm-vit", "npz"])
+def test_cli_timm_vit_npz(tmp_path, source):
   src = _vit(0, img=(64, 64))
   np.savez(tmp_path / "vit.npz", **_vit_npz(src))
   (tmp_path / "cfg.py").write_text(_CONFIG.format(
@@ -243,11 +259,11 @@ def test_cli_timm_vit_npz(tmp_path):
       enc=dict(width=16, depth=3, num_heads=2, taps=(1, 2, 3)),
       decoder="invpt", dec=dict(embed_dim=8, pred_out_constant=8)))
   out = tmp_path / "ckpt"
-  cli.main(["--from", "timm-vit", "--input", str(tmp_path / "vit.npz"),
+  cli.main(["--source", source, "--input", str(tmp_path / "vit.npz"),
             "--config", str(tmp_path / "cfg.py"), "--out", str(out),
             "--task-outputs", "semseg=5,depth=1"])
   config = cli.config_check.load_config_file(str(tmp_path / "cfg.py"))
-  model = cli.convert("timm-vit", str(tmp_path / "vit.npz"), config,
+  model = cli.convert(source, str(tmp_path / "vit.npz"), config,
                       task_outputs={"semseg": 5, "depth": 1})
   np.testing.assert_array_equal(
       np.asarray(model.encoder.blocks[2].mlp.fc2.kernel[...]),
@@ -256,3 +272,40 @@ def test_cli_timm_vit_npz(tmp_path):
   want, got = _restore(out, model)
   for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert _meta(out)["task_outputs"] == {"semseg": 5, "depth": 1}
+
+
+def test_sources_come_from_the_model_plugins(tmp_path):
+  """No table in the CLI: the configured plugins offer the sources, and an
+  unknown one names what is offered and where it would be found."""
+  assert {"timm", "npz"} <= set(cli.converters(
+      {"encoder": "vit", "decoder": "baseline"}))
+  assert "invpt" in cli.converters({"encoder": "vit", "decoder": "invpt"})
+  (tmp_path / "cfg.py").write_text(_CONFIG.format(
+      tasks=("semseg",), img=(64, 64), enc=dict(width=16, depth=3,
+                                                num_heads=2),
+      decoder="baseline", dec={}))
+  sd = {"w": np.zeros(2, np.float32)}
+  safetensors.numpy.save_file(sd, str(tmp_path / "x.safetensors"))
+  with pytest.raises(ValueError, match=r"--from 'invpt': encoder 'vit' and "
+                     r"decoder 'baseline' offer \['npz', 'timm', 'timm-vit'\]"
+                     r"\. 'invpt' is offered by decoder 'invpt'"):
+    cli.main(["--from", "invpt", "--input", str(tmp_path / "x.safetensors"),
+              "--config", str(tmp_path / "cfg.py"),
+              "--out", str(tmp_path / "o")])
+  with pytest.raises(ValueError, match="--from npz needs an original ViT"):
+    cli.main(["--from", "npz", "--input", str(tmp_path / "x.safetensors"),
+              "--config", str(tmp_path / "cfg.py"),
+              "--out", str(tmp_path / "o"), "--task-outputs", "semseg=3"])
+
+
+def test_running_a_model_imports_no_converter():
+  """Models do not import the conversion helpers (nor torch/safetensors)."""
+  code = ("import sys; from mtdense_jax.models import multitask; "
+          "from mtdense_jax.models.encoders import vit; "
+          "from mtdense_jax.models.decoders import invpt, baseline; "
+          "bad = [m for m in ('mtdense_jax.convert.torch_utils', "
+          "'safetensors', 'torch') if m in sys.modules]; "
+          "assert not bad, bad")
+  subprocess.run([sys.executable, "-c", code], check=True, timeout=120,
+                 env={**os.environ, "JAX_PLATFORMS": "cpu"})

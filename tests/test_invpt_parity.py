@@ -60,9 +60,9 @@ def case(request, golden):
   def forward(state, image):
     m = nnx.merge(graphdef, state)
     capture = {}
-    taps = m.encoder(image)
-    out = m.decoder(taps, capture=capture)
-    for i, tap in enumerate(taps):
+    feats = m.encoder(image)
+    out = m.decoder(feats, capture=capture)
+    for i, tap in enumerate(feats["maps"]):
       capture[f"backbone/selected_fea_{i}"] = tap.reshape(
           tap.shape[0], -1, tap.shape[-1])
     return out, capture

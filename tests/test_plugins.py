@@ -7,6 +7,7 @@ import inspect
 import pytest
 
 from mtdense_jax import registry
+from mtdense_jax.models import features
 from mtdense_jax.tasks import base as task_base
 from mtdense_jax.weighting import base as weighting_base
 
@@ -34,9 +35,15 @@ def test_model_plugins(kind):
   names = registry.available(kind)
   assert names
   for name in names:
-    build = registry.lookup(kind, name).build
-    params = inspect.signature(build).parameters
+    module = registry.lookup(kind, name)
+    params = inspect.signature(module.build).parameters
     assert "rngs" in params and "img_size" in params
+    if kind == "decoder":   # Declares what it reads, checked at build.
+      assert isinstance(module.consumes(), features.Consumes), name
+    for source, fn in getattr(module, "CONVERTERS", {}).items():
+      assert {"tasks", "build"} <= set(inspect.signature(fn).parameters), (
+          f"{kind} {name}: converter {source!r} must take (state_dict, *, "
+          "tasks, build)")
 
 
 @pytest.mark.parametrize("name", registry.available("dataset"))

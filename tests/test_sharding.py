@@ -181,7 +181,7 @@ def test_remat_wraps_every_vit_block():
   graphdef, params = nnx.split(model)
 
   def loss(p, x):
-    return sum(jax.numpy.sum(t) for t in nnx.merge(graphdef, p)(x))
+    return sum(jax.numpy.sum(t) for t in nnx.merge(graphdef, p)(x)["maps"])
 
   x = jax.numpy.ones((1, 32, 32, 3))
   jaxpr = str(jax.make_jaxpr(jax.grad(loss))(params, x))

@@ -35,7 +35,8 @@ def test_shapes_and_taps():
   model = _tiny(taps=(1, 3, 4))
   x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 32, 64, 3)),
                   jnp.float32)
-  outs = model(x)
+  outs = model(x)["maps"]
+  assert model.produces.strides == (16,) * 4
   assert model.out_channels == (32,) * 4
   assert [o.shape for o in outs] == [(2, 2, 4, 32)] * 4
   # Tap 3 is the un-normed output of the last block; the 4th tap is normed.
@@ -61,15 +62,16 @@ def test_bad_input_size_and_overrides():
 def test_drop_path_train_eval():
   model = _tiny(drop_path_rate=0.5)
   x = jnp.ones((4, 32, 64, 3))
-  ref = model(x)[-1]
+  ref = model(x)["maps"][-1]
   model.train()
-  np.testing.assert_array_equal(np.asarray(model(x, rngs=None)[-1]),
+  np.testing.assert_array_equal(np.asarray(model(x, rngs=None)["maps"][-1]),
                                 np.asarray(ref))
-  noisy = model(x, rngs=nnx.Rngs(dropout=3))[-1]
+  noisy = model(x, rngs=nnx.Rngs(dropout=3))["maps"][-1]
   assert np.abs(np.asarray(noisy - ref)).max() > 1e-3
   model.eval()
   np.testing.assert_array_equal(
-      np.asarray(model(x, rngs=nnx.Rngs(dropout=3))[-1]), np.asarray(ref))
+      np.asarray(model(x, rngs=nnx.Rngs(dropout=3))["maps"][-1]),
+      np.asarray(ref))
 
 
 @pytest.mark.parametrize("case", ["invpt_nyud_a", "invpt_pascal_a"])
@@ -85,8 +87,37 @@ def test_parity_with_invpt_backbone(golden, case):
         if k.startswith("param/")}
   nnx.update(model, vit.from_torch(sd, model, prefix="backbone."))
   model.eval()
-  outs = model(jnp.asarray(npz["input"].transpose(0, 2, 3, 1)))
+  outs = model(jnp.asarray(npz["input"].transpose(0, 2, 3, 1)))["maps"]
   for i, out in enumerate(outs):
     ref = npz[f"intermediate/backbone/selected_fea_{i}"]  # [B, N, C]
     np.testing.assert_allclose(np.asarray(out).reshape(ref.shape), ref,
                                atol=ATOL, rtol=0, err_msg=f"tap {i}")
+
+
+def test_return_attn_option_and_no_class_token():
+  """Built with return_attn the features declare and carry "attn"; without
+  a class token the sequence is just the patches, the cls slot of the
+  position table unused, and a timm checkpoint still loads (its cls_token
+  ignored)."""
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(1, 32, 64, 3)),
+                  jnp.float32)
+  model = _tiny(return_attn=True, class_token=False)
+  assert model.produces.extras == ("attn",)
+  out = model(x)
+  assert [m.shape for m in out["maps"]] == [(1, 2, 4, 32)] * 4
+  assert out["attn"][0]["weights"].shape == (1, 2, 8, 8)
+  with_cls = _tiny(return_attn=True)
+  assert with_cls(x)["attn"][0]["weights"].shape == (1, 2, 9, 9)
+  assert not hasattr(model, "cls_token")
+  sd = {"cls_token": np.zeros((1, 1, 32), np.float32)}
+  for path, var in nnx.to_flat_state(nnx.state(with_cls, nnx.Param)):
+    if path[0] == "cls_token":
+      continue
+    v = np.asarray(var[...])
+    if path[-1] == "kernel":
+      v = v.T if v.ndim == 2 else v.transpose(3, 2, 0, 1)
+    leaf = {"kernel": "weight", "scale": "weight"}.get(path[-1], path[-1])
+    sd[".".join([str(p) for p in path[:-1]] + [leaf])] = v
+  nnx.update(model, vit.from_torch(sd, model))
+  np.testing.assert_array_equal(np.asarray(model.pos_embed[...]),
+                                np.asarray(with_cls.pos_embed[...]))

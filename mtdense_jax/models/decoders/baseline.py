@@ -5,6 +5,10 @@ literature (Vandenhende et al., TPAMI 2021): the encoder's taps are fused by
 a 1x1 conv, then each task has its own conv head that upsamples x4 in two
 steps and is resized to the input size. No cross-task interaction, so it is
 also the single-task baseline when configured with one task.
+
+It reads any number of maps at any strides: a multi-scale (CNN, Swin)
+encoder's maps are resized to the one whose stride is nearest 16, the heads'
+input stride, before the fuse.
 """
 
 from __future__ import annotations
@@ -15,25 +19,13 @@ from flax import nnx
 import jax
 import jax.numpy as jnp
 
+from mtdense_jax.models import features as feats_lib
+
 
 def resize(x: jax.Array, size: tuple[int, int]) -> jax.Array:
   """Bilinear, align_corners=False, no antialias (PyTorch F.interpolate)."""
   b, _, _, c = x.shape
   return jax.image.resize(x, (b, *size, c), method="linear", antialias=False)
-
-
-def same_size(feats: list[jax.Array] | Mapping[int, jax.Array],
-              img_size: tuple[int, int]) -> list[jax.Array]:
-  """Taps as a list at one size: a multi-scale {stride: map} encoder's maps
-  (ascending stride) are resized to the one nearest stride 16, the head's
-  input stride."""
-  if isinstance(feats, Mapping):
-    feats = [feats[s] for s in sorted(feats)]
-  sizes = {f.shape[1:3] for f in feats}
-  if len(sizes) == 1:
-    return list(feats)
-  target = min(sizes, key=lambda hw: abs(img_size[0] / hw[0] - 16))
-  return [resize(f, target) if f.shape[1:3] != target else f for f in feats]
 
 
 class ConvBNReLU(nnx.Module):
@@ -65,28 +57,39 @@ class TaskHead(nnx.Module):
 
 
 class BaselineDecoder(nnx.Module):
-  """Taps -> concat -> 1x1 fuse -> per-task heads."""
+  """Maps -> (resize to one stride) -> concat -> 1x1 fuse -> per-task heads."""
 
-  def __init__(self, in_channels: tuple[int, ...],
+  def __init__(self, produced: feats_lib.FeatureSpec,
                task_outputs: Mapping[str, int], img_size: tuple[int, int], *,
                dim: int, rngs: nnx.Rngs, dtype: Any):
     self.img_size = tuple(img_size)
-    self.fuse = nnx.Conv(sum(in_channels), dim, (1, 1), dtype=dtype,
+    # The map whose stride is nearest 16 sets the fuse resolution.
+    self.target = min(range(len(produced.maps)),
+                      key=lambda i: abs(produced.strides[i] - 16))
+    self.fuse = nnx.Conv(sum(produced.channels), dim, (1, 1), dtype=dtype,
                          rngs=rngs)
     self.heads = nnx.Dict({t: TaskHead(dim, n, rngs=rngs, dtype=dtype)
                            for t, n in task_outputs.items()})
 
-  def __call__(self, feats: list[jax.Array] | Mapping[int, jax.Array], *,
+  def __call__(self, feats: feats_lib.Features | list[jax.Array], *,
                rngs: nnx.Rngs | None = None) -> dict:
     del rngs  # Deterministic decoder.
-    x = jax.nn.relu(self.fuse(jnp.concatenate(same_size(feats, self.img_size),
-                                              axis=-1)))
+    maps = feats_lib.as_features(feats)["maps"]
+    hw = maps[self.target].shape[1:3]
+    maps = [m if m.shape[1:3] == hw else resize(m, hw) for m in maps]
+    x = jax.nn.relu(self.fuse(jnp.concatenate(maps, axis=-1)))
     final = {t: head(x, self.img_size) for t, head in self.heads.items()}
     return {"final": final, "aux": {}}
+
+
+def consumes(**decoder_kw) -> feats_lib.Consumes:
+  """Any maps: no constraint."""
+  del decoder_kw
+  return feats_lib.Consumes()
 
 
 def build(*, encoder: nnx.Module, task_outputs: Mapping[str, int],
           img_size: tuple[int, int], rngs: nnx.Rngs, dtype: Any = jnp.float32,
           dim: int = 128) -> BaselineDecoder:
-  return BaselineDecoder(tuple(encoder.out_channels), task_outputs, img_size,
+  return BaselineDecoder(feats_lib.spec_of(encoder), task_outputs, img_size,
                          dim=dim, rngs=rngs, dtype=dtype)

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mtdense_jax.convert import torch_utils
+from mtdense_jax.models import features as feats_lib
 from mtdense_jax.models.layers import common
 from mtdense_jax.models.layers import invpt_blocks
 
@@ -157,11 +157,11 @@ class InvPTDecoder(nnx.Module):
     self.heads = nnx.Dict({
         t: common.conv(dim, n, 1, **kw) for t, n in task_outputs.items()})
 
-  def __call__(self, feats: list[jax.Array], *, rngs: Any = None,
-               capture: Capture = None) -> dict[str, Any]:
+  def __call__(self, feats: feats_lib.Features | list[jax.Array], *,
+               rngs: Any = None, capture: Capture = None) -> dict[str, Any]:
     """``capture``: optional dict that receives named intermediates."""
     del rngs  # The decoder is deterministic (its drop-path rate is 0).
-    taps = [f.astype(self.dtype) for f in feats]
+    taps = [f.astype(self.dtype) for f in feats_lib.as_features(feats)["maps"]]
     b, h16, w16, _ = taps[3].shape
     if h16 % 4 or w16 % 4:
       raise ValueError(f"InvPT needs H and W multiples of 64 (the token "
@@ -190,6 +190,12 @@ class InvPTDecoder(nnx.Module):
     return {"final": final, "aux": {"inter_preds": inter}}
 
 
+def consumes(**decoder_kw) -> feats_lib.Consumes:
+  """4 taps at one stride (a plain ViT's), whatever the decoder options."""
+  del decoder_kw
+  return feats_lib.Consumes(num_maps=4, same_stride=True)
+
+
 def build(*, encoder: nnx.Module, task_outputs: Mapping[str, int],
           img_size: tuple[int, int], rngs: nnx.Rngs, dtype: Any = jnp.float32,
           embed_dim: int = 512, pred_out_constant: int = 64,
@@ -213,15 +219,14 @@ def build(*, encoder: nnx.Module, task_outputs: Mapping[str, int],
     remat: "block" checkpoints each UP-Transformer stage (``remat_policy``).
     remat_policy: a ``jax.checkpoint_policies`` member name.
   """
-  if len(encoder.out_channels) != 4:
-    raise ValueError("InvPT needs an encoder with 4 taps")
-  strides = tuple(getattr(encoder, "out_strides", (16,) * 4))
-  if len(set(strides)) != 1:
-    raise ValueError(f"InvPT needs 4 taps at one stride, got {strides}")
+  produced = feats_lib.spec_of(encoder)
+  feats_lib.check(produced, consumes(), encoder=type(encoder).__name__,
+                  decoder="invpt")
+  strides = produced.strides
   if img_size[0] % (4 * strides[0]) or img_size[1] % (4 * strides[0]):
     raise ValueError(f"InvPT needs H and W multiples of {4 * strides[0]} "
                      f"(multiples of 64 for stride 16), got {img_size}")
-  return InvPTDecoder(tuple(encoder.out_channels), dict(task_outputs),
+  return InvPTDecoder(produced.channels, dict(task_outputs),
                       stride=strides[0],
                       embed_dim=embed_dim, pred_out_constant=pred_out_constant,
                       num_heads=num_heads, mlp_ratio=mlp_ratio, rngs=rngs,
@@ -272,7 +277,34 @@ def from_torch(state_dict: Mapping[str, np.ndarray], model: nnx.Module, *,
   if sorted(tasks, key=TASK_ORDER.index) != list(tasks):
     raise ValueError(f"tasks {tasks} are not in the reference order "
                      f"{TASK_ORDER}; index-based weights would be mixed up")
+  from mtdense_jax.convert import torch_utils  # pylint: disable=g-import-not-at-top
   sd = torch_utils.strip_prefix(state_dict, "module.")
   state, _ = torch_utils.convert(sd, model, rename=torch_name, ignore=UNUSED,
                                  strict=strict)
   return state
+
+
+def checkpoint_task_outputs(state_dict: Mapping[str, np.ndarray],
+                            tasks: tuple[str, ...]) -> dict[str, int]:
+  """Head sizes of ``tasks`` read from a reference checkpoint's heads."""
+  out = {}
+  for t in tasks:
+    key = f"heads.{t}.linear_pred.weight"
+    w = state_dict.get(key, state_dict.get(f"module.{key}"))
+    if w is None:
+      raise ValueError(f"config task {t!r} has no head in the checkpoint "
+                       f"({key})")
+    out[t] = int(np.shape(w)[0])
+  return out
+
+
+def _from_reference(state_dict, *, tasks, build):
+  """A trained reference ``TransformerNet`` (encoder, decoder and heads)."""
+  model = build(checkpoint_task_outputs(state_dict, tuple(tasks)))
+  nnx.update(model, from_torch(state_dict, model))
+  return model
+
+
+# Checkpoint sources this decoder imports (python -m mtdense_jax.convert
+# --from NAME): the reference's .pth/.safetensors, ViT encoder included.
+CONVERTERS = {"invpt": _from_reference}
