@@ -52,7 +52,7 @@ def taskprompter_recipe(c: mlc.ConfigDict, arch: dict, init: str) -> None:
   c.model.encoder = "taskprompter"
   c.model.variant = arch["variant"]
   c.model.encoder_kw = mlc.ConfigDict(dict(
-      tasks=tuple(c.tasks), drop_path_rate=0.15, taps=arch["taps"],
+      drop_path_rate=0.15, taps=arch["taps"],
       prompt_len=1, chan_nheads=arch["chan_nheads"]))
   c.model.decoder = "taskprompter"
   c.model.decoder_kw = mlc.ConfigDict(dict(

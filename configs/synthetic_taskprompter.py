@@ -41,7 +41,7 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
   c.model.encoder = "taskprompter"
   c.model.variant = "Ti/16"
   c.model.encoder_kw = mlc.ConfigDict(dict(
-      tasks=tuple(c.tasks), width=64, depth=4, num_heads=4, taps=(1, 2, 3),
+      width=64, depth=4, num_heads=4, taps=(1, 2, 3),
       prompt_len=1, chan_nheads=4, drop_path_rate=0.1))
   c.model.decoder = "taskprompter"
   c.model.decoder_kw = mlc.ConfigDict(dict(embed_dim=32, final_embed_dim=48,

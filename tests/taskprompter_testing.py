@@ -19,7 +19,7 @@ def model_config(meta: dict) -> dict[str, Any]:
   v, pr, d = cfg["vit"], cfg["prompting"], cfg["decoder"]
   return dict(
       encoder="taskprompter", variant="B/16", decoder="taskprompter",
-      encoder_kw=dict(tasks=tuple(cfg["tasks"]), width=v["embed_dim"],
+      encoder_kw=dict(width=v["embed_dim"],
                       depth=v["depth"], num_heads=v["num_heads"],
                       mlp_ratio=v["mlp_ratio"], patch_size=v["patch_size"],
                       taps=tuple(v["select_list"]),

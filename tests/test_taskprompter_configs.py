@@ -40,7 +40,7 @@ def test_paper_recipe_matches_reference_config(db, golden):
   cfg = load(db)
   config_check.validate(cfg)
   assert list(cfg.tasks) == ref["TASKS"]["NAMES"]
-  assert tuple(cfg.model.encoder_kw.tasks) == tuple(cfg.tasks)
+  assert "tasks" not in cfg.model.encoder_kw  # build_model passes config.tasks
   assert cfg.optim.name == ref["optimizer"] == "adam"
   assert cfg.optim.lr == ref["optimizer_kwargs"]["lr"]
   assert cfg.optim.weight_decay == ref["optimizer_kwargs"]["weight_decay"]

@@ -69,7 +69,7 @@ IMG = (64, 96)          # 4 x 6 tokens; the "pretrained" ViT has 6 x 6.
 
 def _prompt_model(seed: int) -> multitask.MultiTaskModel:
   cfg = dict(encoder="taskprompter", variant="Ti/16", decoder="taskprompter",
-             encoder_kw=dict(tasks=("semseg", "normals"), width=16, depth=3,
+             encoder_kw=dict(width=16, depth=3,
                              num_heads=2, taps=(1, 2, 3), chan_nheads=4),
              decoder_kw=dict(embed_dim=8, final_embed_dim=8))
   return multitask.build_model(cfg, task_outputs={"semseg": 3, "normals": 3},
@@ -120,3 +120,29 @@ def test_vit_init_missing_key_is_named():
     taskprompter.from_vit_init(sd, model)
   assert "blocks.2.norm2.weight" in str(err.value)
   assert "blocks.1.mlp.fc1.bias" in str(err.value)
+
+
+def test_cli_converter_plugin_reads_released_heads(tmp_path, golden):
+  """``--from taskprompter`` is found through the decoder plugin and sizes
+  the heads from the checkpoint's ``heads.<task>.linear_pred``."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from mtdense_jax.convert import __main__ as cli  # pylint: disable=g-import-not-at-top
+  npz, meta = golden("taskprompter_pascal_a")
+  sd = tpt.state_dict(npz)
+  torch.save({"model": {f"module.{k}": torch.from_numpy(np.array(v))
+                        for k, v in sd.items()}}, tmp_path / "tp.pth.tar")
+  config = ml_collections.ConfigDict(dict(
+      model=tpt.model_config(meta), tasks=list(tpt.task_outputs(meta)),
+      data=dict(name="synthetic_scenes",
+                image_size=tuple(meta["config"]["image_size_hw"])),
+      eval=dict(protocol="invpt"), seed=0))
+  assert set(cli.converters(config.model)) >= {"taskprompter", "timm", "npz"}
+  model = cli.convert("taskprompter", str(tmp_path / "tp.pth.tar"), config)
+  got = _flat(nnx.state(model))
+  for t, n in tpt.task_outputs(meta).items():
+    assert got[f"decoder/heads/{t}/linear_pred/kernel"].shape[-1] == n
+  np.testing.assert_array_equal(got["encoder/pos_embed"],
+                                sd["backbone.pos_embed"])
+  config.tasks = config.tasks[:-1]
+  with pytest.raises(ValueError, match="has heads for"):
+    cli.convert("taskprompter", str(tmp_path / "tp.pth.tar"), config)

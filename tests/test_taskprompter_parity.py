@@ -21,6 +21,7 @@ import pytest
 from mtdense_jax.convert import torch_utils
 from mtdense_jax.models import multitask
 from mtdense_jax.models.decoders import taskprompter
+from mtdense_jax.models.encoders import taskprompter as taskprompter_encoder
 from tests import taskprompter_testing as tpt
 
 # The sidecars measure float32-vs-float64 differences up to 3e-5 on outputs
@@ -124,7 +125,7 @@ def test_module_prefix_and_strictness(case):
 
 
 def _tiny_config(**encoder_kw) -> dict:
-  kw = dict(tasks=("semseg", "depth"), width=16, depth=3, num_heads=2,
+  kw = dict(width=16, depth=3, num_heads=2,
             taps=(1, 2, 3), prompt_len=2, chan_nheads=4, drop_path_rate=0.1)
   kw.update(encoder_kw)
   return dict(encoder="taskprompter", variant="Ti/16", decoder="taskprompter",
@@ -136,7 +137,7 @@ def test_other_sizes_train_mode_and_dead_gradient():
   """prompt_len 2, 2x2 windows, a tap at the last block, a 4x6 grid; train
   mode draws drop path and updates BN; the last block's prompt update
   (token_trans1) gets an exactly zero gradient (notes section 8)."""
-  model = multitask.build_model(_tiny_config(tasks=("depth",)),
+  model = multitask.build_model(_tiny_config(),
                                 img_size=(64, 96), task_outputs={"depth": 1},
                                 rngs=nnx.Rngs(0))
   assert model.encoder.task_prompts.shape == (2, 16)
@@ -169,10 +170,13 @@ def test_bad_configurations_are_refused():
   with pytest.raises(ValueError, match="channel windows"):
     multitask.build_model(_tiny_config(chan_nheads=9), img_size=(64, 64),
                           task_outputs=tasks, rngs=nnx.Rngs(0))
-  with pytest.raises(ValueError, match="encoder_kw.tasks"):
-    multitask.build_model(_tiny_config(tasks=("depth", "semseg")),
-                          img_size=(64, 64), task_outputs=tasks,
-                          rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match="tasks .* differ from the encoder"):
+    encoder = taskprompter_encoder.build(
+        "Ti/16", img_size=(64, 64), rngs=nnx.Rngs(0), tasks=("depth",),
+        **_tiny_config()["encoder_kw"])
+    taskprompter.build(encoder=encoder, task_outputs=tasks,
+                       img_size=(64, 64), rngs=nnx.Rngs(0),
+                       embed_dim=8, final_embed_dim=12)
   cfg = _tiny_config()
   cfg["decoder_kw"]["use_ctr"] = True
   with pytest.raises(ValueError, match="use_ctr needs prompt_len 1"):

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mtdense_jax.convert import torch_utils
+from mtdense_jax.models import features as feats_lib
 from mtdense_jax.models.layers import common
 
 Capture = dict[str, jax.Array] | None
@@ -156,10 +156,12 @@ class TaskPrompterDecoder(nnx.Module):
   def __call__(self, enc: Mapping[str, list[jax.Array]], *, rngs: Any = None,
                capture: Capture = None) -> dict[str, Any]:
     del rngs  # Deterministic (no dropout or drop path here).
-    taps = [t.astype(self.dtype) for t in enc["taps"]]
+    taps = [t.astype(self.dtype) for t in enc["maps"]]
+    attn = enc["prompt_attn"]
     b, h, w, _ = taps[0].shape
     total = None
-    for l, (x, s, sc) in enumerate(zip(taps, enc["spa"], enc["chan"])):
+    for l, (x, s, sc) in enumerate(zip(taps, attn["spatial"],
+                                       attn["channel"])):
       feats = self._layer(l, x, s.astype(self.dtype), sc.astype(self.dtype),
                           capture)
       total = feats if total is None else [a + f for a, f in zip(total,
@@ -173,6 +175,13 @@ class TaskPrompterDecoder(nnx.Module):
       _put(capture, f"head/logits_lowres/{t}", y)
       final[t] = common.resize_bilinear(y, img_hw).astype(jnp.float32)
     return {"final": final}
+
+
+def consumes(**decoder_kw) -> feats_lib.Consumes:
+  """Four same-stride taps and the prompt attention they were made with."""
+  del decoder_kw
+  return feats_lib.Consumes(num_maps=4, same_stride=True,
+                            extras=("prompt_attn",))
 
 
 def build(*, encoder: nnx.Module, task_outputs: Mapping[str, int],
@@ -198,7 +207,7 @@ def build(*, encoder: nnx.Module, task_outputs: Mapping[str, int],
   if tuple(getattr(encoder, "tasks", ())) != tasks:
     raise ValueError(f"TaskPrompter decoder tasks {tasks} differ from the "
                      f"encoder's prompts {getattr(encoder, 'tasks', None)}; "
-                     "set config.model.encoder_kw.tasks = config.tasks")
+                     "build both through multitask.build_model")
   if use_ctr and encoder.prompt_len != 1:
     raise ValueError("use_ctr needs prompt_len 1 (as the reference asserts)")
   return TaskPrompterDecoder(
@@ -241,6 +250,7 @@ def from_torch(state_dict: Mapping[str, np.ndarray], model: nnx.Module, *,
   reference parameter is used (the last block's zero-gradient
   ``token_trans1`` included).
   """
+  from mtdense_jax.convert import torch_utils  # pylint: disable=g-import-not-at-top
   tasks = tuple(model.decoder.tasks)
   if sorted(tasks, key=lambda t: (TASK_ORDER.index(t) if t in TASK_ORDER
                                   else len(TASK_ORDER))) != list(tasks):
@@ -267,6 +277,7 @@ def from_vit_init(vit_state_dict: Mapping[str, np.ndarray],
   ``token_trans1`` keep the model's own init. Use ``vit.npz_to_torch`` first
   for an original ``.npz``. Returns a state for ``model.encoder``.
   """
+  from mtdense_jax.convert import torch_utils  # pylint: disable=g-import-not-at-top
   enc = model.encoder
   sd = dict(torch_utils.strip_prefix(vit_state_dict, "module."))
   if "pos_embed" in sd and sd["pos_embed"].shape[1] - 1 != (
@@ -282,3 +293,35 @@ def from_vit_init(vit_state_dict: Mapping[str, np.ndarray],
       sd[key] = value.T if path[-1] == "kernel" else value
   state, _ = torch_utils.convert(sd, enc, ignore=_VIT_UNUSED)
   return state
+
+
+def _released(state_dict: Mapping[str, np.ndarray], *, tasks, build):
+  """CLI converter for a released TaskPrompter checkpoint: head sizes are
+  read from its ``heads.<task>.linear_pred`` weights."""
+  heads = {}
+  for key, value in state_dict.items():
+    m = re.match(r"^(?:module\.)?heads\.([^.]+)\.linear_pred\.weight$", key)
+    if m:
+      heads[m[1]] = int(np.shape(value)[0])
+  if set(heads) != set(tasks):
+    raise ValueError(f"the checkpoint has heads for {sorted(heads)} but "
+                     f"config.tasks is {list(tasks)}")
+  model = build({t: heads[t] for t in tasks})
+  nnx.update(model, from_torch(state_dict, model))
+  return model
+
+
+def _vit_init(state_dict: Mapping[str, np.ndarray], *, tasks, build):
+  """CLI converter for the ImageNet ViT init (timm .pth/.safetensors or the
+  original .npz); prompts, token_trans and the decoder keep their init."""
+  del tasks
+  from mtdense_jax.models.encoders import vit  # pylint: disable=g-import-not-at-top
+  if vit.is_vit_npz(state_dict):
+    state_dict = vit.npz_to_torch(state_dict)
+  model = build(None)
+  nnx.update(model.encoder, from_vit_init(state_dict, model))
+  return model
+
+
+# Sources for python -m mtdense_jax.convert --from NAME.
+CONVERTERS = {"taskprompter": _released, "timm": _vit_init, "npz": _vit_init}

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mtdense_jax.convert import torch_utils
+from mtdense_jax.models import converters
 from mtdense_jax.models.layers import common
 
 
@@ -282,6 +282,7 @@ def from_torch(state_dict: Mapping[str, np.ndarray], model: HRNet, *,
                prefix: str = "", strict: bool = True) -> nnx.State:
   """Official ``hrnet_w18_small_model_v2.pth`` or timm ``hrnet_*`` state
   dict (the same keys) -> an ``nnx.State``; head keys are ignored."""
+  from mtdense_jax.convert import torch_utils  # pylint: disable=g-import-not-at-top
   sd = {k[len(prefix):]: np.asarray(v) for k, v in state_dict.items()
         if k.startswith(prefix)}
   state, _ = torch_utils.convert(sd, model, rename=_rename, ignore=_HEAD,
@@ -289,4 +290,6 @@ def from_torch(state_dict: Mapping[str, np.ndarray], model: HRNet, *,
   return state
 
 
-CONVERTERS = {"official": from_torch, "timm": from_torch}
+# Sources for python -m mtdense_jax.convert --from NAME (encoder init).
+CONVERTERS = {"official": converters.encoder_init(from_torch),
+              "timm": converters.encoder_init(from_torch)}

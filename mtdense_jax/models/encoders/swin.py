@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mtdense_jax.convert import torch_utils
+from mtdense_jax.models import converters
 from mtdense_jax.models.layers import common
 
 VARIANTS = {
@@ -319,6 +319,7 @@ def resize_rel_pos_table(table: np.ndarray,
   are placed on a geometric grid and the target's integer offsets are read
   off it by (separable) linear interpolation.
   """
+  from mtdense_jax.convert import torch_utils  # pylint: disable=g-import-not-at-top
   n, heads = table.shape
   side = int(round(np.sqrt(n)))
   dst = (2 * window[0] - 1, 2 * window[1] - 1)
@@ -352,6 +353,7 @@ def from_timm(state_dict: Mapping[str, np.ndarray], model: Swin, *,
   final ``norm`` becomes the last stage's output norm; other output norms
   missing from the checkpoint start as new layers (weight 1, bias 0).
   """
+  from mtdense_jax.convert import torch_utils  # pylint: disable=g-import-not-at-top
   sd = {k[len(prefix):]: np.asarray(v) for k, v in state_dict.items()
         if k.startswith(prefix)}
   if "layers.0.downsample.reduction.weight" in sd:
@@ -430,4 +432,8 @@ def from_hf(state_dict: Mapping[str, np.ndarray], model: Swin, *,
   return from_timm(out, model, strict=strict)
 
 
-CONVERTERS = {"timm": from_timm, "official": from_timm, "hf": from_hf}
+# Sources for python -m mtdense_jax.convert --from NAME (the encoder is
+# initialised; decoder and heads keep their own init).
+CONVERTERS = {"timm": converters.encoder_init(from_timm),
+              "official": converters.encoder_init(from_timm),
+              "hf": converters.encoder_init(from_hf)}

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mtdense_jax.convert import torch_utils
+from mtdense_jax.models import converters
 from mtdense_jax.models.encoders import swin
 from mtdense_jax.models.layers import common
 
@@ -246,6 +246,7 @@ def from_torchvision(state_dict: Mapping[str, np.ndarray], model: SwinV2, *,
   norms missing from the checkpoint start as new layers (weight 1, bias 0).
   Early torchvision builds named the logit scale ``v2_logit_scale``.
   """
+  from mtdense_jax.convert import torch_utils  # pylint: disable=g-import-not-at-top
   sd = {re.sub(r"v2_logit_scale$", "logit_scale", k[len(prefix):]):
         np.asarray(v) for k, v in state_dict.items() if k.startswith(prefix)}
   last = len(model.out_channels) - 1
@@ -261,4 +262,5 @@ def from_torchvision(state_dict: Mapping[str, np.ndarray], model: SwinV2, *,
   return state
 
 
-CONVERTERS = {"torchvision": from_torchvision}
+# Sources for python -m mtdense_jax.convert --from NAME (encoder init).
+CONVERTERS = {"torchvision": converters.encoder_init(from_torchvision)}

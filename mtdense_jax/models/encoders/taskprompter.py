@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mtdense_jax.models import features as feats_lib
 from mtdense_jax.models.encoders import vit
 from mtdense_jax.models.layers import common
 
@@ -131,8 +132,10 @@ class PromptViT(nnx.Module):
     self.width = width
     self.patch_size = patch_size
     self.taps = tuple(int(t) for t in taps)
-    self.out_channels = (width,) * 4
-    self.out_strides = (patch_size,) * 4
+    # Four stride-p taps plus the raw prompt attention each tap was made
+    # with, which the TaskPrompter decoder reads (features.py contract).
+    self.produces = feats_lib.spec((patch_size,) * 4, (width,) * 4,
+                                   extras=("prompt_attn",))
     self.dtype = dtype
     self.remat_policy = remat_policy
     n = self.grid[0] * self.grid[1]
@@ -152,7 +155,9 @@ class PromptViT(nnx.Module):
     self.norm = nnx.LayerNorm(width, epsilon=1e-6, dtype=dtype, rngs=rngs)
 
   def __call__(self, x: jax.Array, *, rngs: Any = None,
-               capture: Capture = None) -> dict[str, list[jax.Array]]:
+               capture: Capture = None) -> dict[str, Any]:
+    """-> {"maps": 4 taps (B, h, w, C), "prompt_attn": {"spatial": raw
+    prompt-to-token scores per tap, "channel": raw window scores per tap}}."""
     b, h, w, _ = x.shape
     gh, gw = h // self.patch_size, w // self.patch_size
     if (gh, gw) != self.grid:
@@ -185,7 +190,8 @@ class PromptViT(nnx.Module):
     out["taps"].append(x.reshape(b, gh, gw, -1))
     out["spa"].append(s)
     out["chan"].append(sc)
-    return out
+    return {"maps": out["taps"],
+            "prompt_attn": {"spatial": out["spa"], "channel": out["chan"]}}
 
 
 def build(variant: str, *, img_size: tuple[int, int], rngs: nnx.Rngs,
@@ -212,8 +218,8 @@ def build(variant: str, *, img_size: tuple[int, int], rngs: nnx.Rngs,
   if unknown:
     raise TypeError(f"Unknown TaskPrompter encoder overrides {sorted(unknown)}")
   if not tasks:
-    raise ValueError("TaskPrompter needs config.model.encoder_kw.tasks (one "
-                     "prompt per task, in the decoder's task order)")
+    raise ValueError("TaskPrompter needs the task list (one prompt per "
+                     "task); build it through multitask.build_model")
   cfg = {**vit.VARIANTS[variant], **_DEFAULTS, **overrides}
   taps = tuple(int(t) for t in (cfg["taps"] or vit.default_taps(cfg["depth"])))
   if len(taps) != 3 or sorted(set(taps)) != list(taps) or not (
