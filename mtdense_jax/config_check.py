@@ -138,7 +138,7 @@ def _get(config: Any, dotted: str) -> Any:
   return node
 
 
-def _plugin_checks(config: mlc.ConfigDict) -> list[str]:
+def _plugin_checks(config: mlc.ConfigDict, optim_ok: bool) -> list[str]:
   """Checks that belong to other modules, run here so they happen early;
   their messages already name the key."""
   # pylint: disable=g-import-not-at-top
@@ -159,7 +159,8 @@ def _plugin_checks(config: mlc.ConfigDict) -> list[str]:
     errors.append(f"config.sharding.strategy={strategy!r}; expected one of "
                   f"{sharding.STRATEGIES}.")
   try:
-    optim.make_optimizer(config.optim)
+    if optim_ok:
+      optim.make_optimizer(config.optim)
   except (ValueError, KeyError, TypeError) as e:
     errors.append(f"config.optim: {e.args[0] if e.args else e}")
   return errors
@@ -192,24 +193,25 @@ def _encoder_checks(config: mlc.ConfigDict) -> list[str]:
 
 def check_values(config: mlc.ConfigDict) -> list[str]:
   """One line per out-of-range, mistyped or inconsistent value."""
-  errors = []
+  errors, bad = [], set()
   for key, ok, want in _RULES:
     value = _get(config, key)
     if not ok(value):
       errors.append(f"config.{key}={value!r}: must be {want}.")
+      bad.add(key)
   tasks = list(config.tasks)
   if not tasks:
     errors.append("config.tasks is empty: name at least one task.")
   dup = sorted({t for t in tasks if tasks.count(t) > 1})
   if dup:
     errors.append(f"config.tasks lists {dup} more than once.")
-  if errors:   # The checks below assume sane types.
-    return errors
-  accum = config.train.grad_accum
-  if config.train.batch_size % accum:
-    errors.append(f"config.train.batch_size={config.train.batch_size} is not "
-                  f"divisible by config.train.grad_accum={accum}.")
-  if config.optim.schedule != "constant" and (
+  # Consistency checks, each once the values it combines are sane.
+  accum, batch = config.train.grad_accum, config.train.batch_size
+  if not {"train.grad_accum", "train.batch_size"} & bad and batch % accum:
+    errors.append(f"config.train.batch_size={batch} is not divisible by "
+                  f"config.train.grad_accum={accum}.")
+  if not {"optim.total_steps", "optim.warmup_steps"} & bad and (
+      config.optim.schedule != "constant" and
       config.optim.total_steps <= config.optim.warmup_steps):
     errors.append(f"config.optim.total_steps={config.optim.total_steps} must "
                   f"exceed config.optim.warmup_steps="
@@ -218,8 +220,9 @@ def check_values(config: mlc.ConfigDict) -> list[str]:
     errors.append(f"config.eval.boundary.matcher="
                   f"{config.eval.boundary.matcher!r}: expected 'bsds' or "
                   "'max_cardinality'.")
-  errors += _plugin_checks(config)
-  if not errors:
+  errors += _plugin_checks(config, not any(k.startswith("optim.")
+                                           for k in bad))
+  if "data.image_size" not in bad:
     errors += _encoder_checks(config)
   return errors
 

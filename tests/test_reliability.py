@@ -264,8 +264,9 @@ def test_nan_stop_with_save_in_flight_exits_cleanly(data_dir, tmp_path):
   completes, no '...-tmp' dir, no 'cannot schedule new futures'."""
   script = textwrap.dedent(f"""
       import sys
-      from mtdense_jax import config_check
+      from mtdense_jax import config_check, runtime
       from mtdense_jax.train import loop
+      runtime.initialize()   # the persistent compile cache, as launch.py
       cfg = config_check.load_config_file({CFG!r})
       cfg.data.data_dir = {str(data_dir)!r}
       def poisoned_eval(*args, **kwargs):   # right after the step-2 save
@@ -289,6 +290,7 @@ def test_nan_stop_with_save_in_flight_exits_cleanly(data_dir, tmp_path):
 # 7. Preemption ---------------------------------------------------------------
 
 
+@pytest.mark.slow   # two CLI runs, ~30 s on 2 cores
 def test_sigterm_checkpoints_exits_0_and_resume_is_exact(trained, data_dir,
                                                          tmp_path):
   args = _args(tmp_path, data_dir, "--config.train.log_every=1")

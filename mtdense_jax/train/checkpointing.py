@@ -312,6 +312,9 @@ class Saver:
       self.pending = self.last_saved = step
     return saved
 
+  def assert_finite(self, state: dict, step: int) -> None:
+    assert_finite(state, step, self.mngr.directory)
+
   def close(self) -> None:
     try:
       self.wait()
@@ -359,12 +362,18 @@ def _path_str(path) -> str:
 
 @jax.jit
 def _all_finite(leaves: list[jax.Array]) -> jax.Array:
-  return jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])
+  # The float32 sum of squares is finite iff every element is finite and
+  # no |x| nears 1e19: a state past that (lr=1e30 gives ~1e30 after one
+  # update) is finite but can only produce inf/NaN outputs.
+  return jnp.stack([jnp.isfinite(jnp.sum(jnp.square(x.astype(jnp.float32))))
+                    for x in leaves])
 
 
-def assert_finite(state: dict, step: int) -> None:
-  """Raises FloatingPointError naming non-finite parameter or optimizer
-  leaves; one small jitted reduction, run only at checkpoint steps."""
+def assert_finite(state: dict, step: int,
+                  directory: str | pathlib.Path | None = None) -> None:
+  """Raises FloatingPointError naming non-finite (or overflowing) parameter
+  or optimizer leaves; one small jitted reduction, run only at checkpoint
+  steps, so a poisoned state is never committed as the last good one."""
   flat = [(p, x) for p, x in jax.tree_util.tree_leaves_with_path(state)
           if jnp.issubdtype(x.dtype, jnp.inexact)]
   if not flat:
@@ -373,11 +382,14 @@ def assert_finite(state: dict, step: int) -> None:
   bad = [_path_str(p) for (p, _), good in zip(flat, ok) if not good]
   if bad:
     more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+    good = committed_steps(directory) if directory else []
+    kept = (f"the last good checkpoint (step {good[-1]}) is kept" if good
+            else "no checkpoint was saved")
     raise FloatingPointError(
-        f"Non-finite parameters or optimizer state after step {step} "
-        f"({', '.join(bad[:3])}{more}); stopping without saving it. The "
-        "last good checkpoint is kept; lower config.optim.lr or set "
-        "config.optim.grad_clip_norm.")
+        f"Non-finite or overflowing (|x| > ~1e19) parameters or optimizer "
+        f"state after step {step} "
+        f"({', '.join(bad[:3])}{more}); stopping without saving it, {kept}. "
+        "Lower config.optim.lr or set config.optim.grad_clip_norm.")
 
 
 # ---------------------------------------------------------------------------
@@ -496,8 +508,8 @@ def config_diff(directory: str | pathlib.Path, step: int,
 def _incompatible(directory, step: int, report: str) -> CheckpointError:
   return CheckpointError(
       f"Checkpoint step {step} in {directory} was written by a different "
-      f"model or config; nothing was changed:\n{report}\nUse the config it was trained with, or "
-      "another --workdir.")
+      f"model or config; nothing was changed:\n{report}\nUse the config "
+      "it was trained with, or another --workdir.")
 
 
 def restore_latest(mngr: ocp.CheckpointManager, state: dict,

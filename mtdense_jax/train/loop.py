@@ -250,7 +250,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
                                    if k == "total" or k.startswith("loss/")}),
               flush=True)
     if step % tcfg.ckpt_every == 0 or is_last:
-      ckpt.assert_finite(state, step)   # never commit a poisoned state
+      saver.assert_finite(state, step)   # never commit a poisoned state
       saver.save(step, state, data_iter, meta=meta, force=is_last)
     if step % tcfg.eval_every == 0 or is_last:
       metrics = evaluate(exp, eval_fn, state["params"], state["batch_stats"],
@@ -258,7 +258,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
       writer.evaluation(step, metrics)
     if runtime.stop_requested():
       if saver.last_saved != step:
-        ckpt.assert_finite(state, step)
+        saver.assert_finite(state, step)
         saver.save(step, state, data_iter, meta=meta, force=True)
       saver.wait()
       print(f"Stopped by {runtime.stop_requested()} at step {step}; "
