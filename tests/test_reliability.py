@@ -214,6 +214,26 @@ def test_eval_of_a_corrupt_step_names_the_file(trained, experiment,
   assert step == 2
 
 
+def test_a_failure_that_is_not_a_damaged_file_moves_nothing(
+    trained, experiment, tmp_path, monkeypatch):
+  """Only damaged files trigger the fallback: any other restore error (a
+  device or memory problem) is reported as is, and no step is set aside."""
+  _, _, state, shardings = experiment
+  run = _copy(trained, tmp_path)
+
+  def failing(*args, **kwargs):
+    raise RuntimeError("simulated device failure")
+
+  monkeypatch.setattr(ckpt, "restore", failing)
+  mngr = ckpt.manager(run / "checkpoints")
+  with pytest.raises(ckpt.CheckpointError,
+                     match=r"step 4 in .* cannot be restored: RuntimeError: "
+                           r"simulated device failure"):
+    ckpt.restore_latest(mngr, state, shardings)
+  mngr.close()
+  assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["2", "4"]
+
+
 # 3. A checkpoint of another config ------------------------------------------
 
 
@@ -233,6 +253,16 @@ def test_mismatched_config_gets_a_short_report_and_keeps_files(
   # The failed attempt changed nothing a good run's predict relies on.
   assert {n: (run / n).read_text() for n in before} == before
   assert ckpt.committed_steps(run / "checkpoints") == [2, 4]
+
+
+def test_eval_of_another_models_checkpoint_reports_shapes(trained, data_dir):
+  cfg = _config(data_dir)
+  cfg.model.decoder_kw.dim = 32
+  with pytest.raises(ckpt.CheckpointError) as e:
+    train_testing.restored_params(trained / "checkpoints", cfg)
+  assert ("shape differs: params/decoder/fuse/bias: checkpoint (16,), model "
+          "(32,)") in str(e.value)
+  assert len(str(e.value).splitlines()) <= 12
 
 
 # 4. Poisoned states ---------------------------------------------------------

@@ -107,7 +107,8 @@ def restore(mngr: ocp.CheckpointManager, state: dict, shardings: dict,
 
 def restore_params(directory: str | pathlib.Path, abstract_params: dict,
                    step: int | None = None,
-                   log: Callable[[str], None] = print) -> tuple[dict, int]:
+                   log: Callable[[str], None] = print,
+                   config: dict | None = None) -> tuple[dict, int]:
   """Params-only restore for evaluation and inference.
 
   Args:
@@ -117,6 +118,8 @@ def restore_params(directory: str | pathlib.Path, abstract_params: dict,
     step: a step to restore (a corrupt one raises CheckpointError naming
       the file); default the newest that restores completely.
     log: where skipped corrupt steps are reported.
+    config: the current config as a dict, to name the keys that differ
+      when the checkpoint does not fit the model.
   Returns:
     (params dict, step restored).
   """
@@ -130,7 +133,8 @@ def restore_params(directory: str | pathlib.Path, abstract_params: dict,
   skipped = []
   for s in [step] if step is not None else steps:
     try:
-      report = compatibility_report(directory, s, {"params": abstract_params})
+      report = compatibility_report(directory, s, {"params": abstract_params},
+                                    config)
       if report:
         raise _incompatible(directory, s, report)
       out = mngr.restore(s, args=ocp.args.Composite(
@@ -140,6 +144,8 @@ def restore_params(directory: str | pathlib.Path, abstract_params: dict,
       raise
     except Exception as e:  # pylint: disable=broad-except
       reason = diagnose(directory, s, e)
+      if reason is None:
+        raise _unrestorable(directory, s, e) from e
       if step is not None:
         raise CheckpointError(
             f"Checkpoint step {s} cannot be restored: {reason}.") from e
@@ -193,9 +199,9 @@ def _cause(e: BaseException) -> str:
     if os.strerror(code) in text:
       where = re.search(r'Failed (?:writing|reading|to open): "([^"]+)"', text)
       return os.strerror(code) + (f" ({where.group(1)})" if where else "")
-  x = list(_chain(e))[-1] if str(list(_chain(e))[-1]) else e
-  line = (str(x).strip().splitlines() or [type(x).__name__])[0]
-  return f"{type(x).__name__}: {line[:300]}"
+  x = [x for x in _chain(e) if str(x).strip()][-1:] or [e]
+  line = (str(x[0]).strip().splitlines() or [""])[0]
+  return f"{type(x[0]).__name__}: {line[:300]}"
 
 
 def committed_steps(directory: str | pathlib.Path) -> list[int]:
@@ -409,8 +415,9 @@ def _json_files(d: pathlib.Path):
 
 
 def diagnose(directory: str | pathlib.Path, step: int,
-             error: BaseException) -> str:
-  """Which file of a step directory is broken, and how."""
+             error: BaseException) -> str | None:
+  """Which file of a step directory is broken, and how; None when `error`
+  is not a damaged file (then no fallback hides it)."""
   d = step_dir(directory, step)
   for p in sorted(d.rglob("*")):
     if p.is_file() and p.stat().st_size == 0:
@@ -426,7 +433,16 @@ def diagnose(directory: str | pathlib.Path, step: int,
   if m:
     array = m.group(1).rsplit("/", 1)[0]
     return f"{m.group(2)}: array {array} unreadable ({m.group(3).strip()})"
-  return f"{d}: {_cause(error)}"
+  for x in _chain(error):
+    if isinstance(x, FileNotFoundError) and str(d) in str(x.filename):
+      return f"{x.filename} is missing"
+  return None
+
+
+def _unrestorable(directory, step: int, error: BaseException
+                  ) -> CheckpointError:
+  return CheckpointError(f"Checkpoint step {step} in {directory} cannot be "
+                         f"restored: {_cause(error)}")
 
 
 def _shapes(tree: Any) -> dict[str, tuple[tuple[int, ...], str]]:
@@ -545,10 +561,15 @@ def restore_latest(mngr: ocp.CheckpointManager, state: dict,
       except Exception as e:  # pylint: disable=broad-except
         error = e
     reason = diagnose(directory, step, error)
+    if reason is None:   # not a damaged file: moving steps aside won't help
+      raise _unrestorable(directory, step, error) from error
     skipped.append(f"step {step} ({reason})")
     aside = ""
     if set_aside and jax.process_index() == 0:
-      target = directory / f"{step}.corrupt"
+      target, n = directory / f"{step}.corrupt", 0
+      while target.exists():
+        n += 1
+        target = directory / f"{step}.corrupt.{n}"
       step_dir(directory, step).rename(target)
       aside = f"; moved to {target}"
     log(f"Skipping corrupt checkpoint step {step}: {reason}{aside}.")

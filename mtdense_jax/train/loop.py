@@ -288,7 +288,8 @@ def evaluate_checkpoint(config, workdir: str, checkpoint: str | None = None,
                "batch_stats": jax.tree.map(lambda _: repl, abs_stats)}
   directory = checkpoint or str(workdir / "checkpoints")
   params, step = ckpt.restore_params(
-      directory, ckpt.abstract(abstract, shardings), step)
+      directory, ckpt.abstract(abstract, shardings), step,
+      config=json.loads(config.to_json_best_effort()))
   eval_fn = compile_eval_step(exp, defs, shardings)
   metrics = evaluate(exp, eval_fn, params["params"], params["batch_stats"],
                      make_boundary_eval(exp, defs, shardings))
