@@ -79,8 +79,10 @@ def test_uncreatable_checkpoints_dir_fails_fast_naming_it(data_dir, tmp_path):
   (tmp_path / "checkpoints").write_text("a file where the dir should be")
   r = launch(tmp_path, data_dir)
   assert r.returncode == 1
-  assert _last_line(r.stderr).startswith(
-      f"Error: Cannot write checkpoints to {tmp_path / 'checkpoints'}")
+  assert _last_line(r.stderr) == (
+      f"Error: Cannot write checkpoints to {tmp_path / 'checkpoints'}: it "
+      "exists and is not a directory. Free space or fix the permissions, or "
+      "pass another --workdir.")
   assert "Traceback" not in r.stderr
 
 
@@ -192,9 +194,9 @@ def test_empty_json_member_is_named_and_skipped(trained, experiment, tmp_path,
   mngr = ckpt.manager(run / "checkpoints")
   _, step = ckpt.restore_latest(mngr, state, shardings, it, log=logged.append)
   assert step == 2
-  assert logged == [
-      f"Skipping corrupt checkpoint step 4: {run / 'checkpoints' / '4' / member}"
-      f" is empty; moved to {run / 'checkpoints' / '4.corrupt'}."]
+  root = run / "checkpoints"
+  assert logged == [f"Skipping corrupt checkpoint step 4: {root / '4' / member}"
+                    f" is empty; moved to {root / '4.corrupt'}."]
   assert mngr.latest_step() == 2
   mngr.close()
 

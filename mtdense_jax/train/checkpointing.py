@@ -225,9 +225,11 @@ def check_writable(directory: str | pathlib.Path, step: int | None = None
     probe.unlink()
   except OSError as e:
     at = f" at step {step}" if step is not None else ""
+    cause = ("it exists and is not a directory" if d.exists() and
+             not d.is_dir() else _cause(e))
     raise CheckpointError(
-        f"Cannot write checkpoints to {d}{at}: {_cause(e)}. Free space or "
-        "fix the permissions, or pass another --workdir.") from e
+        f"Cannot write checkpoints to {d}{at}: {cause}. Free space or fix "
+        "the permissions, or pass another --workdir.") from e
 
 
 class _OrbaxTracebacks(logging.Filter):
