@@ -334,7 +334,12 @@ class Saver:
   def settle(self) -> None:
     """After another error: lets the save in flight (of a state that was
     checked finite) finish, reporting but not raising its failure, and
-    closes, so no background thread meets a shut-down interpreter."""
+    closes, so no background thread meets a shut-down interpreter. With
+    nothing in flight it does nothing (closing may wait on other hosts)."""
+    if self.pending is None:
+      if self in Saver._live:
+        Saver._live.remove(self)
+      return
     try:
       self.close()
     except Exception as e:  # pylint: disable=broad-except
