@@ -201,6 +201,21 @@ def test_empty_json_member_is_named_and_skipped(trained, experiment, tmp_path,
   mngr.close()
 
 
+def test_no_good_step_is_an_error_listing_each(trained, experiment,
+                                               tmp_path):
+  _, _, state, shardings = experiment
+  run = _copy(trained, tmp_path)
+  for step in (2, 4):
+    (run / "checkpoints" / str(step) / "train" / "_METADATA").write_text("")
+  mngr = ckpt.manager(run / "checkpoints")
+  with pytest.raises(ckpt.CheckpointError,
+                     match=r"No checkpoint in .* restores completely: step 4 "
+                           r"\(.*/4/train/_METADATA is empty\); step 2 \("
+                           r".*/2/train/_METADATA is empty\)"):
+    ckpt.restore_latest(mngr, state, shardings, log=lambda _: None)
+  mngr.close()
+
+
 def test_eval_of_a_corrupt_step_names_the_file(trained, experiment,
                                                tmp_path):
   cfg, _, _, _ = experiment
