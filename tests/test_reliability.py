@@ -6,6 +6,7 @@ timeout so that a hang fails the test instead of stalling CI."""
 
 from __future__ import annotations
 
+import os
 import pathlib
 import resource
 import shutil
@@ -87,16 +88,32 @@ def test_uncreatable_checkpoints_dir_fails_fast_naming_it(data_dir, tmp_path):
 
 
 def _limit_file_size():
-  # A 300 KB file-size limit: the small files of a run (logs, metrics) are
+  # A 50 KB file-size limit: the small files of a run (logs, metrics) are
   # written, a checkpoint's array files fail with EFBIG as on a full disk.
-  resource.setrlimit(resource.RLIMIT_FSIZE, (300_000, 300_000))
+  resource.setrlimit(resource.RLIMIT_FSIZE, (50_000, 50_000))
+
+
+def _private_compile_cache(tmp_path) -> dict[str, str]:
+  """Env for a size-limited run: a compile cache of hard links to the
+  shared entries (jax never rewrites an existing entry), so the run reuses
+  them but cannot leave a truncated new entry in the shared cache."""
+  shared = pathlib.Path(jax.config.jax_compilation_cache_dir)
+  private = tmp_path / "jit_cache"
+  private.mkdir()
+  for entry in shared.glob("*") if shared.is_dir() else ():
+    try:
+      os.link(entry, private / entry.name)
+    except OSError:
+      break   # another filesystem: an empty cache is slower, still correct
+  return {**os.environ, "MTDENSE_JAX_CACHE": str(private)}
 
 
 def test_disk_full_mid_run_ends_with_one_line_and_keeps_checkpoints(
     trained, data_dir, tmp_path):
   run = _copy(trained, tmp_path)
   r = launch(run, data_dir, "--config.train.steps=6",
-             "--config.optim.total_steps=6", preexec_fn=_limit_file_size)
+             "--config.optim.total_steps=6", preexec_fn=_limit_file_size,
+             env=_private_compile_cache(tmp_path))
   assert r.returncode == 1
   last = _last_line(r.stderr)
   assert last.startswith(f"Error: Checkpoint save failed at step 6 in "
