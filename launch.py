@@ -31,19 +31,26 @@ def main(argv):
   # absl.app turns INFO on, and orbax/TFDS are very chatty at INFO.
   runtime.quiet_logs(verbose=FLAGS["verbosity"].present)
   config = _CONFIG.value
-  config_check.validate(config)
+  try:
+    config_check.validate(config)
+  except config_check.ConfigError as e:
+    config_check.exit_with(e)
   logging.info("process %d/%d, devices: %s", jax.process_index(),
                jax.process_count(), jax.devices())
-  from mtdense_jax.train import loop  # pylint: disable=g-import-not-at-top
-  from data_builders import common as data_common  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  from data_builders import common as data_common
+  from mtdense_jax.train import checkpointing, loop
+  # pylint: enable=g-import-not-at-top
   try:
     if FLAGS.mode == "train":
       loop.train_and_evaluate(config, FLAGS.workdir)
     else:
       loop.evaluate_checkpoint(config, FLAGS.workdir, FLAGS.checkpoint,
                                FLAGS.step)
-  except (FileNotFoundError,  # missing dataset archive or checkpoint
-          data_common.CorruptMemberError) as e:  # bad member or label values
+  except (FileNotFoundError,   # missing dataset archive or checkpoint
+          data_common.CorruptMemberError,  # bad member or label values
+          checkpointing.CheckpointError,   # names path, step and cause
+          FloatingPointError) as e:        # the NaN guard names the tasks
     sys.exit(f"Error: {e}")
 
 

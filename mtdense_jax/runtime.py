@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import pathlib
+import signal
+import sys
+import threading
+from typing import Callable
 
 from absl import logging
 import jax
@@ -95,3 +100,48 @@ def help_and_exit_if_asked(argv, doc: str | None) -> None:
     print(doc)
   print(flags.FLAGS.main_module_help())
   sys.exit(0)
+
+
+class _Stop:
+  """The signal that asked the running loop to stop, if any."""
+  name: str | None = None
+
+
+def stop_requested() -> str | None:
+  """'SIGTERM' / 'SIGINT' once such a signal asked the run to stop."""
+  return _Stop.name
+
+
+def stop_on_signals(fn: Callable) -> Callable:
+  """Decorates a training run so preemption loses nothing.
+
+  While `fn` runs, SIGTERM (schedulers, TPU/GPU preemption) and a first
+  SIGINT only set ``stop_requested()``; the loop then checkpoints the
+  current step and returns normally (exit 0), and rerunning resumes. A
+  second SIGINT raises KeyboardInterrupt as usual.
+  """
+  @functools.wraps(fn)
+  def run(*args, **kwargs):
+    if threading.current_thread() is not threading.main_thread():
+      return fn(*args, **kwargs)   # signal handlers live in the main thread
+
+    def handler(signum, frame):
+      del frame
+      if _Stop.name is not None and signum == signal.SIGINT:
+        raise KeyboardInterrupt("second SIGINT")
+      if _Stop.name is None:
+        _Stop.name = signal.Signals(signum).name
+        print(f"{_Stop.name} received: saving a checkpoint after this step, "
+              "then stopping (Ctrl-C again aborts).", file=sys.stderr,
+              flush=True)
+
+    old = {s: signal.signal(s, handler)
+           for s in (signal.SIGTERM, signal.SIGINT)}
+    _Stop.name = None
+    try:
+      return fn(*args, **kwargs)
+    finally:
+      for s, h in old.items():
+        signal.signal(s, h)
+      _Stop.name = None
+  return run

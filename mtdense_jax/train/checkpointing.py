@@ -11,15 +11,33 @@ Layout of ``WORKDIR/checkpoints/<step>/``:
 
 Orbax writes to a temporary directory and renames on commit, so a crash
 mid-save never leaves a checkpoint that looks complete.
+
+Failures end a run with one ``CheckpointError`` line naming the directory,
+the step and the cause (``Saver``); a resume skips a corrupt newest step for
+the newest one that restores completely (``restore_latest``), and a
+checkpoint of another model is reported as a short diff of parameter paths
+and config keys (``compatibility_report``) instead of orbax's tree dump.
 """
 
 from __future__ import annotations
 
+import errno
+import functools
+import json
+import logging
+import os
 import pathlib
-from typing import Any
+import re
+import shutil
+import socket
+import sys
+from typing import Any, Callable
 
+from etils import epath
 import grain
 import jax
+from jax.experimental import multihost_utils
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -30,12 +48,22 @@ _PARAM_KEYS = ("params", "batch_stats")
 def manager(directory: str | pathlib.Path, *, max_to_keep: int = 3,
             save_every: int | None = None, async_save: bool = True,
             read_only: bool = False) -> ocp.CheckpointManager:
+  # Step directories are created synchronously: created in the background,
+  # a failure (read-only or full disk) left the save waiting 20 minutes for a
+  # "directory created" signal that never came.
   options = ocp.CheckpointManagerOptions(
       max_to_keep=max_to_keep, save_interval_steps=save_every or 1,
       enable_async_checkpointing=async_save, read_only=read_only,
-      create=not read_only)
-  return ocp.CheckpointManager(pathlib.Path(directory).absolute(),
-                               options=options)
+      create=not read_only,
+      async_options=ocp.AsyncOptions(create_directories_asynchronously=False))
+  directory = pathlib.Path(directory).absolute()
+  if not read_only:
+    check_writable(directory)
+  try:
+    return ocp.CheckpointManager(directory, options=options)
+  except OSError as e:
+    raise CheckpointError(
+        f"Cannot open checkpoints directory {directory}: {_cause(e)}") from e
 
 
 def _split(state: dict) -> tuple[dict, dict]:
@@ -78,24 +106,53 @@ def restore(mngr: ocp.CheckpointManager, state: dict, shardings: dict,
 
 
 def restore_params(directory: str | pathlib.Path, abstract_params: dict,
-                   step: int | None = None) -> tuple[dict, int]:
+                   step: int | None = None,
+                   log: Callable[[str], None] = print,
+                   config: dict | None = None) -> tuple[dict, int]:
   """Params-only restore for evaluation and inference.
 
   Args:
     directory: a checkpoints directory (``WORKDIR/checkpoints``).
     abstract_params: {"params": ..., "batch_stats": ...} of
       jax.ShapeDtypeStruct (with shardings) describing the model.
-    step: a step to restore; default the latest.
+    step: a step to restore (a corrupt one raises CheckpointError naming
+      the file); default the newest that restores completely.
+    log: where skipped corrupt steps are reported.
+    config: the current config as a dict, to name the keys that differ
+      when the checkpoint does not fit the model.
   Returns:
     (params dict, step restored).
   """
   mngr = manager(directory, read_only=True, async_save=False)
-  step = mngr.latest_step() if step is None else step
-  if step is None:
+  steps = sorted(mngr.all_steps(), reverse=True)
+  if not steps:
     raise FileNotFoundError(f"No checkpoint found in {directory}.")
-  out = mngr.restore(step, args=ocp.args.Composite(
-      params=ocp.args.StandardRestore(abstract_params)))
-  return out["params"], step
+  if step is not None and step not in steps:
+    raise FileNotFoundError(f"No checkpoint step {step} in {directory}; it "
+                            f"has steps {sorted(steps)}.")
+  skipped = []
+  for s in [step] if step is not None else steps:
+    try:
+      report = compatibility_report(directory, s, {"params": abstract_params},
+                                    config)
+      if report:
+        raise _incompatible(directory, s, report)
+      out = mngr.restore(s, args=ocp.args.Composite(
+          params=ocp.args.StandardRestore(abstract_params)))
+      return out["params"], s
+    except CheckpointError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except
+      reason = diagnose(directory, s, e)
+      if reason is None:
+        raise _unrestorable(directory, s, e) from e
+      if step is not None:
+        raise CheckpointError(
+            f"Checkpoint step {s} cannot be restored: {reason}.") from e
+      skipped.append(f"step {s} ({reason})")
+      log(f"Skipping corrupt checkpoint step {s}: {reason}.")
+  raise CheckpointError(f"No checkpoint in {directory} restores completely: "
+                        f"{'; '.join(skipped)}.")
 
 
 def save_params(directory: str | pathlib.Path, params: dict,
@@ -108,3 +165,426 @@ def save_params(directory: str | pathlib.Path, params: dict,
       meta=ocp.args.JsonSave(dict(meta or {}, step=int(step)))))
   mngr.wait_until_finished()
   mngr.close()
+
+
+# ---------------------------------------------------------------------------
+# Failures that name the culprit.
+
+
+class CheckpointError(RuntimeError):
+  """A checkpoint cannot be written or read; the message names the
+  directory or file, the step and the cause, on one line."""
+
+
+_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES,
+           errno.EPERM, errno.EIO, errno.ENOTDIR, errno.EEXIST)
+
+
+def _chain(e: BaseException):
+  seen = set()
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    yield e
+    e = e.__cause__ or e.__context__
+
+
+def _cause(e: BaseException) -> str:
+  """The root cause of `e` in a few words: an OS error and its file, else the
+  first line of the innermost message (tensorstore's are pages long)."""
+  for x in _chain(e):
+    if isinstance(x, OSError) and x.strerror:
+      return f"{x.strerror}: {x.filename}" if x.filename else x.strerror
+  text = " ".join(str(x) for x in _chain(e))
+  for code in _ERRNOS:   # OS errors that tensorstore wraps in a ValueError.
+    if os.strerror(code) in text:
+      where = re.search(r'Failed (?:writing|reading|to open): "([^"]+)"', text)
+      return os.strerror(code) + (f" ({where.group(1)})" if where else "")
+  x = [x for x in _chain(e) if str(x).strip()][-1:] or [e]
+  line = (str(x[0]).strip().splitlines() or [""])[0]
+  return f"{type(x[0]).__name__}: {line[:300]}"
+
+
+def committed_steps(directory: str | pathlib.Path) -> list[int]:
+  """Steps with a finished checkpoint on disk (temporary dirs excluded)."""
+  d = pathlib.Path(directory)
+  if not d.is_dir():
+    return []
+  return sorted(int(p.name) for p in d.iterdir()
+                if p.name.isdigit() and p.is_dir())
+
+
+def check_writable(directory: str | pathlib.Path, step: int | None = None
+                   ) -> None:
+  """Creates `directory` and a probe file in it, so an unwritable or
+  uncreatable checkpoints dir fails here, in the foreground, with its path."""
+  d = pathlib.Path(directory)
+  probe = d / f".write_probe.{socket.gethostname()}.{os.getpid()}"
+  try:
+    d.mkdir(parents=True, exist_ok=True)
+    probe.write_bytes(b"ok")
+    probe.unlink()
+  except OSError as e:
+    at = f" at step {step}" if step is not None else ""
+    cause = ("it exists and is not a directory" if d.exists() and
+             not d.is_dir() else _cause(e))
+    raise CheckpointError(
+        f"Cannot write checkpoints to {d}{at}: {cause}. Free space or fix "
+        "the permissions, or pass another --workdir.") from e
+
+
+class _OrbaxTracebacks(logging.Filter):
+  """Keeps orbax's error lines but drops their tracebacks: a failed save is
+  reported once, by Saver, instead of in thousands of lines."""
+
+  failed = False   # set once a save failed: its leftovers are noise
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if (_OrbaxTracebacks.failed and record.name == "asyncio" and
+        "exception was never retrieved" in str(record.msg)):
+      return False
+    if "/orbax/" in record.pathname and record.exc_info:
+      record.msg = f"{record.msg} ({record.exc_info[1]!r:.200})"
+      record.exc_info = record.exc_text = None
+    return True
+
+
+def _is_closed_loop_noise(exc: BaseException | None) -> bool:
+  # tensorstore completes futures of a failed save after orbax closed their
+  # event loops; each completion printed a traceback (hundreds per failure).
+  return isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"
+
+
+@functools.cache
+def _quiet_failed_saves() -> None:
+  logging.getLogger("absl").addFilter(_OrbaxTracebacks())
+  for handler in logging.getLogger().handlers:
+    handler.addFilter(_OrbaxTracebacks())
+  unraisable, excepthook = sys.unraisablehook, sys.excepthook
+
+  def on_unraisable(u):
+    if not _is_closed_loop_noise(u.exc_value):
+      unraisable(u)
+
+  def on_except(kind, value, tb):
+    if not _is_closed_loop_noise(value):
+      excepthook(kind, value, tb)
+
+  sys.unraisablehook, sys.excepthook = on_unraisable, on_except
+
+
+class Saver:
+  """Saves through a CheckpointManager so that a failed save, foreground or
+  background, raises one CheckpointError (directory, step, cause) and
+  never leaves the run waiting on orbax's futures."""
+
+  _live: list["Saver"] = []
+
+  def __init__(self, mngr: ocp.CheckpointManager):
+    self.mngr = mngr
+    self.pending: int | None = None   # step of the save in flight
+    self.last_saved: int | None = None
+    Saver._live.append(self)
+    _quiet_failed_saves()
+
+  def _error(self, step: int, e: BaseException) -> CheckpointError:
+    _OrbaxTracebacks.failed = True
+    # The partial step directory only takes space (maybe on a full disk).
+    shutil.rmtree(pathlib.Path(self.mngr.directory) /
+                  f"{step}.orbax-checkpoint-tmp", ignore_errors=True)
+    good = [s for s in committed_steps(self.mngr.directory) if s != step]
+    kept = (f"earlier checkpoints are intact (latest: step {good[-1]})"
+            if good else "no earlier checkpoint exists")
+    return CheckpointError(
+        f"Checkpoint save failed at step {step} in {self.mngr.directory}: "
+        f"{_cause(e)}; {kept}.")
+
+  def wait(self) -> None:
+    """Waits for the save in flight; its failure raises CheckpointError."""
+    if self.pending is None:
+      return
+    step, self.pending = self.pending, None
+    try:
+      self.mngr.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._error(step, e) from e
+
+  def save(self, step: int, state: dict, data_iter: Any = None,
+           meta: dict | None = None, force: bool = False, **kw) -> bool:
+    self.wait()
+    check_writable(self.mngr.directory, step)
+    try:
+      saved = save(self.mngr, step, state, data_iter, meta, force, **kw)
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._error(step, e) from e
+    if saved:
+      self.pending = self.last_saved = step
+    return saved
+
+  def assert_finite(self, state: dict, step: int) -> None:
+    assert_finite(state, step, self.mngr.directory)
+
+  def close(self) -> None:
+    try:
+      self.wait()
+      self.mngr.close()
+    finally:
+      if self in Saver._live:
+        Saver._live.remove(self)
+
+  def settle(self) -> None:
+    """After another error: lets the save in flight (of a state that was
+    checked finite) finish, reporting but not raising its failure, and
+    closes, so no background thread meets a shut-down interpreter. With
+    nothing in flight it does nothing (closing may wait on other hosts)."""
+    if self.pending is None:
+      if self in Saver._live:
+        Saver._live.remove(self)
+      return
+    try:
+      self.close()
+    except Exception as e:  # pylint: disable=broad-except
+      print(f"Error: {e}", file=sys.stderr, flush=True)
+
+
+def settle_saves_on_error(fn: Callable) -> Callable:
+  """Decorates a run: if it raises, Savers it opened finish cleanly first
+  (no "cannot schedule new futures after shutdown", no *-tmp dirs)."""
+  @functools.wraps(fn)
+  def run(*args, **kwargs):
+    before = list(Saver._live)
+    try:
+      return fn(*args, **kwargs)
+    except BaseException:
+      for saver in [s for s in Saver._live if s not in before]:
+        saver.settle()
+      raise
+  return run
+
+
+# ---------------------------------------------------------------------------
+# Never commit a non-finite state.
+
+
+def _path_str(path) -> str:
+  keys = [str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k))))
+          for k in path]
+  if keys and keys[-1] == "value":   # nnx Variable leaves
+    keys = keys[:-1]
+  return "/".join(keys)
+
+
+@jax.jit
+def _all_finite(leaves: list[jax.Array]) -> jax.Array:
+  # The float32 sum of squares is finite iff every element is finite and
+  # no |x| nears 1e19: a state past that (lr=1e30 gives ~1e30 after one
+  # update) is finite but can only produce inf/NaN outputs.
+  return jnp.stack([jnp.isfinite(jnp.sum(jnp.square(x.astype(jnp.float32))))
+                    for x in leaves])
+
+
+def assert_finite(state: dict, step: int,
+                  directory: str | pathlib.Path | None = None) -> None:
+  """Raises FloatingPointError naming non-finite (or overflowing) parameter
+  or optimizer leaves; one small jitted reduction, run only at checkpoint
+  steps, so a poisoned state is never committed as the last good one."""
+  flat = [(p, x) for p, x in jax.tree_util.tree_leaves_with_path(state)
+          if jnp.issubdtype(x.dtype, jnp.inexact)]
+  if not flat:
+    return
+  ok = np.asarray(jax.device_get(_all_finite([x for _, x in flat])))
+  bad = [_path_str(p) for (p, _), good in zip(flat, ok) if not good]
+  if bad:
+    more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+    good = committed_steps(directory) if directory else []
+    kept = (f"the last good checkpoint (step {good[-1]}) is kept" if good
+            else "no checkpoint was saved")
+    raise FloatingPointError(
+        f"Non-finite or overflowing (|x| > ~1e19) parameters or optimizer "
+        f"state after step {step} "
+        f"({', '.join(bad[:3])}{more}); stopping without saving it, {kept}. "
+        "Lower config.optim.lr or set config.optim.grad_clip_norm.")
+
+
+# ---------------------------------------------------------------------------
+# Restore: compatibility report, corrupt-step fallback.
+
+
+def step_dir(directory: str | pathlib.Path, step: int) -> pathlib.Path:
+  return pathlib.Path(directory) / str(step)
+
+
+def _json_files(d: pathlib.Path):
+  for p in sorted(d.rglob("*")):
+    if p.is_file() and (p.suffix == ".json" or p.name in (
+        "_METADATA", "_CHECKPOINT_METADATA", "_sharding", "metadata") or
+                        p.parent.name == "array_metadatas"):
+      yield p
+
+
+def diagnose(directory: str | pathlib.Path, step: int,
+             error: BaseException) -> str | None:
+  """Which file of a step directory is broken, and how; None when `error`
+  is not a damaged file (then no fallback hides it)."""
+  d = step_dir(directory, step)
+  for p in sorted(d.rglob("*")):
+    if p.is_file() and p.stat().st_size == 0:
+      return f"{p} is empty"
+  for p in _json_files(d):
+    try:
+      json.loads(p.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+      return f"{p} is not valid JSON ({e})"
+  text = " ".join(str(x) for x in _chain(error))
+  m = re.search(r'Error reading "([^"]+)" in OCDBT database at local file '
+                r'"([^"]+)"[^:]*: ([^\n]{0,200})', text)
+  if m:
+    array = m.group(1).rsplit("/", 1)[0]
+    return f"{m.group(2)}: array {array} unreadable ({m.group(3).strip()})"
+  for x in _chain(error):
+    if isinstance(x, FileNotFoundError) and str(d) in str(x.filename):
+      return f"{x.filename} is missing"
+  return None
+
+
+def _unrestorable(directory, step: int, error: BaseException
+                  ) -> CheckpointError:
+  return CheckpointError(f"Checkpoint step {step} in {directory} cannot be "
+                         f"restored: {_cause(error)}")
+
+
+def _shapes(tree: Any) -> dict[str, tuple[tuple[int, ...], str]]:
+  return {_path_str(p): (tuple(x.shape), str(np.dtype(x.dtype)))
+          for p, x in jax.tree_util.tree_leaves_with_path(tree)
+          if hasattr(x, "shape")}
+
+
+def _stored_shapes(item_dir: pathlib.Path) -> dict:
+  md = ocp.StandardCheckpointHandler().metadata(epath.Path(item_dir))
+  return _shapes(getattr(md, "tree", md))
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+  if isinstance(tree, dict):
+    out = {}
+    for k, v in tree.items():
+      out.update(_flat(v, f"{prefix}{k}."))
+    return out
+  return {prefix[:-1]: tree}
+
+
+def compatibility_report(directory: str | pathlib.Path, step: int,
+                         current: dict[str, Any],
+                         config: dict | None = None) -> str | None:
+  """A short diff between a stored checkpoint and the current model, or
+  None when every stored item matches `current` ({item name: tree}).
+
+  Lists missing, unexpected and differently shaped parameter paths (both
+  shapes) and the config keys that differ. Unreadable metadata raises (the
+  caller treats the step as corrupt).
+  """
+  lines, limit, total = [], 8, 0
+  for item, tree in current.items():
+    stored = _stored_shapes(step_dir(directory, step) / item)
+    want = _shapes(tree)
+
+    def show(k, info):
+      shape, dtype = info
+      return f"{shape}" + (f" {dtype}" if dtype != "float32" else "")
+
+    found = [f"missing from the checkpoint: {k} (model {show(k, want[k])})"
+             for k in want if k not in stored]
+    found += [f"not in the model: {k} (checkpoint {show(k, stored[k])})"
+              for k in stored if k not in want]
+    found += [f"shape differs: {k}: checkpoint {show(k, stored[k])}, model "
+              f"{show(k, want[k])}" for k in want
+              if k in stored and stored[k] != want[k]]
+    found.sort(key=lambda line: "/params/" not in line.replace(": ", ": /"))
+    lines += [f"  {line}" for line in found[:limit - len(lines)]]
+    total += len(found)
+    if found:   # later items (the optimizer state) mirror the params
+      break
+  if not total:
+    return None
+  if total > len(lines):
+    lines.append(f"  ... and {total - len(lines)} more")
+  if config is not None:
+    keys = config_diff(directory, step, config)
+    if keys:
+      lines.append(f"  config keys that differ: {'; '.join(keys)}")
+  return "\n".join(lines)
+
+
+def config_diff(directory: str | pathlib.Path, step: int,
+                config: dict) -> list[str]:
+  """'key: stored -> current' for config values that differ (the config
+  stored in the step's meta item); [] when none is stored."""
+  path = step_dir(directory, step) / "meta" / "metadata"
+  if not path.exists():
+    return []
+  stored = _flat(json.loads(path.read_text()).get("config", {}))
+  now = _flat(json.loads(json.dumps(config)))
+  keys = sorted(set(stored) | set(now))
+  return [f"{k}: {stored.get(k, '<unset>')!r} -> {now.get(k, '<unset>')!r}"
+          for k in keys if stored.get(k) != now.get(k)][:12]
+
+
+def _incompatible(directory, step: int, report: str) -> CheckpointError:
+  return CheckpointError(
+      f"Checkpoint step {step} in {directory} was written by a different "
+      f"model or config; nothing was changed:\n{report}\nUse the config "
+      "it was trained with, or another --workdir.")
+
+
+def restore_latest(mngr: ocp.CheckpointManager, state: dict,
+                   shardings: dict, data_iter: Any = None,
+                   config: dict | None = None, set_aside: bool = True,
+                   log: Callable[[str], None] = print
+                   ) -> tuple[dict, int] | None:
+  """Restores the newest checkpoint that restores completely.
+
+  A checkpoint of another model raises CheckpointError with a short report
+  (no fallback: every step would mismatch). A corrupt step is reported,
+  renamed to ``<step>.corrupt`` (process 0, when `set_aside`) so training
+  can save that step again, and the next older one is tried. Returns
+  (state, step), or None when there is no checkpoint.
+  """
+  directory = pathlib.Path(mngr.directory)
+  steps = sorted(mngr.all_steps(), reverse=True)
+  if not steps:
+    return None
+  params, rest = _split(state)
+  skipped = []
+  for step in steps:
+    try:
+      report = compatibility_report(directory, step,
+                                    {"params": params, "train": rest}, config)
+    except Exception as e:  # pylint: disable=broad-except
+      report, error = None, e
+    else:
+      if report:
+        raise _incompatible(directory, step, report)
+      try:
+        return restore(mngr, state, shardings, data_iter, step), step
+      except Exception as e:  # pylint: disable=broad-except
+        error = e
+    reason = diagnose(directory, step, error)
+    if reason is None:   # not a damaged file: moving steps aside won't help
+      raise _unrestorable(directory, step, error) from error
+    skipped.append(f"step {step} ({reason})")
+    aside = ""
+    if set_aside and jax.process_index() == 0:
+      target, n = directory / f"{step}.corrupt", 0
+      while target.exists():
+        n += 1
+        target = directory / f"{step}.corrupt.{n}"
+      step_dir(directory, step).rename(target)
+      aside = f"; moved to {target}"
+    log(f"Skipping corrupt checkpoint step {step}: {reason}{aside}.")
+    if set_aside:
+      if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(f"mtdense_jax:set_aside:{step}")
+      mngr.reload()
+  raise CheckpointError(
+      f"No checkpoint in {directory} restores completely: "
+      f"{'; '.join(skipped)}. Move the directory aside to train from "
+      "scratch.")

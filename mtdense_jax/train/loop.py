@@ -20,7 +20,7 @@ from jax.experimental import multihost_utils
 import optax
 from jax.sharding import Mesh
 
-from mtdense_jax import registry
+from mtdense_jax import registry, runtime
 from mtdense_jax.data import pipeline, sources
 from mtdense_jax.evaluators import dense
 from mtdense_jax.tasks import base as task_base
@@ -198,6 +198,8 @@ def _mean(acc: Mapping[str, jax.Array]) -> dict[str, float]:
   return {k: float(v) / n for k, v in host.items() if k != "count"}
 
 
+@runtime.stop_on_signals       # SIGTERM / first SIGINT: checkpoint, exit 0
+@ckpt.settle_saves_on_error    # an error never strands an async save
 def train_and_evaluate(config, workdir: str) -> dict[str, float]:
   """Trains (resuming if WORKDIR has checkpoints), evaluates, checkpoints.
 
@@ -209,13 +211,6 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     exp = setup(config)
   tcfg = config.train
   writer = writers.MetricWriter(workdir)
-  if jax.process_index() == 0:
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
-    # Inference needs the head sizes without the dataset being present.
-    (workdir / "dataset_meta.json").write_text(
-        json.dumps(exp.meta, indent=2, default=str))
-
   defs, state, shardings = state_lib.init_state(
       exp.factory, exp.tx, exp.weighting, list(exp.tasks), exp.mesh,
       config.get("sharding"))
@@ -226,9 +221,13 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
       seed=config.seed)
   mngr = ckpt.manager(workdir / "checkpoints", max_to_keep=tcfg.keep_ckpts,
                       save_every=tcfg.ckpt_every)
-  if mngr.latest_step() is not None:
-    state = ckpt.restore(mngr, state, shardings, data_iter)
-    print(f"Resumed from {workdir}/checkpoints step {mngr.latest_step()}",
+  saver = ckpt.Saver(mngr)
+  meta = {"config": json.loads(config.to_json_best_effort())}
+  resumed = ckpt.restore_latest(mngr, state, shardings, data_iter,
+                                config=meta["config"])
+  if resumed is not None:
+    state, resumed_step = resumed
+    print(f"Resumed from {workdir}/checkpoints step {resumed_step}",
           flush=True)
   elif config.get("init_checkpoint"):
     params, _ = ckpt.restore_params(
@@ -238,6 +237,13 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
                        {"params": shardings["params"],
                         "batch_stats": shardings["batch_stats"]}))
     state = {**state, **params}
+  if jax.process_index() == 0:   # Only now: a failed restore keeps a good
+    # run's files (predict --workdir reads them).
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+    # Inference needs the head sizes without the dataset being present.
+    (workdir / "dataset_meta.json").write_text(
+        json.dumps(exp.meta, indent=2, default=str))
 
   train_fn = compile_train_step(exp, defs, shardings)
   eval_fn = compile_eval_step(exp, defs, shardings)
@@ -272,20 +278,29 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
                                    if k == "total" or k.startswith("loss/")}),
               flush=True)
     if step % tcfg.ckpt_every == 0 or is_last:
-      ckpt.save(mngr, step, state, data_iter,
-                meta={"config": json.loads(config.to_json_best_effort())},
-                force=is_last)
+      saver.assert_finite(state, step)   # never commit a poisoned state
+      saver.save(step, state, data_iter, meta=meta, force=is_last)
     if step % tcfg.eval_every == 0 or is_last:
       metrics = evaluate(exp, eval_fn, state["params"], state["batch_stats"],
                          boundary)
       writer.evaluation(step, metrics)
+    if runtime.stop_requested():
+      if saver.last_saved != step:
+        saver.assert_finite(state, step)
+        saver.save(step, state, data_iter, meta=meta, force=True)
+      saver.wait()
+      print(f"Stopped by {runtime.stop_requested()} at step {step}; "
+            f"checkpoint saved in {workdir / 'checkpoints'}. Run the same "
+            "command again to resume.", flush=True)
+      saver.close()
+      writer.close()
+      return metrics
   if start >= tcfg.steps:
     print(f"Already trained to step {start}; evaluating.", flush=True)
     metrics = evaluate(exp, eval_fn, state["params"], state["batch_stats"],
                        boundary)
     writer.evaluation(start, metrics)
-  mngr.wait_until_finished()
-  mngr.close()
+  saver.close()
   writer.close()
   report.say(report.end_summary(workdir, max(start, tcfg.steps), metrics))
   return metrics
@@ -304,7 +319,8 @@ def evaluate_checkpoint(config, workdir: str, checkpoint: str | None = None,
                "batch_stats": jax.tree.map(lambda _: repl, abs_stats)}
   directory = checkpoint or str(workdir / "checkpoints")
   params, step = ckpt.restore_params(
-      directory, ckpt.abstract(abstract, shardings), step)
+      directory, ckpt.abstract(abstract, shardings), step,
+      config=json.loads(config.to_json_best_effort()))
   eval_fn = compile_eval_step(exp, defs, shardings)
   metrics = evaluate(exp, eval_fn, params["params"], params["batch_stats"],
                      make_boundary_eval(exp, defs, shardings))
