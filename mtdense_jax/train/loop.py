@@ -95,7 +95,7 @@ def build_experiment(config, meta: Mapping[str, Any],
   outputs = {n: t.num_outputs for n, t in tasks.items()}
   factory = state_lib.model_factory(config.model, outputs,
                                     tuple(config.data.image_size), config.seed)
-  model_tx, schedule = optim.make_optimizer(config.optim)
+  model_tx, schedule = optim.make_model_optimizer(config.optim)
   # Loss-weighting parameters (e.g. uncertainty log-variances) get plain Adam
   # on the same schedule: no weight decay pulling them to 0, no clipping.
   tx = optax.multi_transform(
@@ -106,10 +106,16 @@ def build_experiment(config, meta: Mapping[str, Any],
                     build_weighting(config), tx, schedule)
 
 
+def trainable(config) -> tuple[str, ...]:
+  """``config.model.trainable``: the trainable variable classes' names."""
+  return tuple(config.model.get("trainable", None)
+               or state_lib.DEFAULT_TRAINABLE)
+
+
 def compile_train_step(exp: Experiment, defs, shardings):
   fn = step_lib.bind(step_lib.train_step, defs=defs, tasks=exp.tasks,
                      weighting=exp.weighting, tx=exp.tx,
-                     aux_weight=exp.config.loss.aux_weight,
+                     loss_cfg=step_lib.LossConfig.from_config(exp.config.loss),
                      rng=jax.random.key(exp.config.seed + 1),
                      grad_accum=int(exp.config.train.get("grad_accum", 1)))
   repl = shd.replicated(exp.mesh)
@@ -202,7 +208,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
 
   defs, state, shardings = state_lib.init_state(
       exp.factory, exp.tx, exp.weighting, list(exp.tasks), exp.mesh,
-      config.get("sharding"))
+      config.get("sharding"), trainable(config))
   data_iter = pipeline.make_train_iter(
       config.data, list(exp.tasks), global_batch_size=tcfg.batch_size,
       seed=config.seed)
@@ -245,7 +251,9 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
               flush=True)
     if step % tcfg.ckpt_every == 0 or is_last:
       ckpt.save(mngr, step, state, data_iter,
-                meta={"config": json.loads(config.to_json_best_effort())},
+                meta={"config": json.loads(config.to_json_best_effort()),
+                      "dataset_meta": json.loads(json.dumps(exp.meta,
+                                                            default=str))},
                 force=is_last)
     if step % tcfg.eval_every == 0 or is_last:
       metrics = evaluate(exp, eval_fn, state["params"], state["batch_stats"],
@@ -267,7 +275,8 @@ def evaluate_checkpoint(config, workdir: str, checkpoint: str | None = None,
   """--mode eval: restores only the params and runs every metric."""
   workdir = pathlib.Path(workdir)
   exp = setup(config)
-  defs, abs_params, abs_stats = state_lib.model_defs(exp.factory)
+  defs, abs_params, abs_stats = state_lib.model_defs(exp.factory,
+                                                     trainable(config))
   abstract = {"params": abs_params, "batch_stats": abs_stats}
   repl = shd.replicated(exp.mesh)
   shardings = {"params": shd.strategy_shardings(abs_params, exp.mesh,
