@@ -23,6 +23,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from mtdense_jax.train import partial_restore
+
 PyTree = Any
 _PARAM_KEYS = ("params", "batch_stats")
 
@@ -73,7 +75,10 @@ def restore(mngr: ocp.CheckpointManager, state: dict, shardings: dict,
            "train": ocp.args.StandardRestore(abstract(rest, r_sh))}
   if data_iter is not None:
     items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
-  out = mngr.restore(step, args=ocp.args.Composite(**items))
+  try:
+    out = mngr.restore(step, args=ocp.args.Composite(**items))
+  except (ValueError, KeyError, TypeError) as e:
+    out = _restore_other_layout(mngr.directory, step, items, e)
   return {**out["params"], **out["train"]}
 
 
@@ -93,9 +98,36 @@ def restore_params(directory: str | pathlib.Path, abstract_params: dict,
   step = mngr.latest_step() if step is None else step
   if step is None:
     raise FileNotFoundError(f"No checkpoint found in {directory}.")
-  out = mngr.restore(step, args=ocp.args.Composite(
-      params=ocp.args.StandardRestore(abstract_params)))
+  items = {"params": ocp.args.StandardRestore(abstract_params)}
+  try:
+    out = mngr.restore(step, args=ocp.args.Composite(**items))
+  except (ValueError, KeyError, TypeError) as e:
+    out = _restore_other_layout(mngr.directory, step, items, e)
   return out["params"], step
+
+
+def _restore_other_layout(directory, step: int, items: dict,
+                          error: Exception) -> dict:
+  """Restores the StandardRestore items by parameter path instead of by
+  tree structure: checkpoints written when the state held nnx.Variable
+  leaves ('.../kernel/value'), or any layout naming the same arrays. Other
+  items (the data iterator) are then restored as usual. A real mismatch
+  raises one message listing the missing and mis-shaped paths."""
+  step_dir = pathlib.Path(directory) / str(step)
+  out = {}
+  for name, arg in items.items():
+    if isinstance(arg, ocp.args.StandardRestore):
+      try:
+        saved = partial_restore.read_item(step_dir / name)
+      except Exception:  # pylint: disable=broad-except
+        raise error from None
+      out[name], _ = partial_restore.restore_by_path(
+          arg.item, saved, source=f"{step_dir}/{name}")
+  rest = {k: v for k, v in items.items() if k not in out}
+  if rest:
+    mngr = manager(directory, read_only=True, async_save=False)
+    out.update(mngr.restore(step, args=ocp.args.Composite(**rest)))
+  return out
 
 
 def save_params(directory: str | pathlib.Path, params: dict,

@@ -152,13 +152,16 @@ def _opt_get(cfg, key, default=None):
   return default if value is None else value
 
 
-def group_labels(params: Any, groups=(), freeze=()) -> Any:
-  """The label ("frozen", a group name or "default") of every parameter."""
+def group_labels(params: Any, groups=(), freeze=(), strip: str = "") -> Any:
+  """The label ("frozen", a group name or "default") of every parameter;
+  rules see the path with a leading `strip` removed."""
   frozen = [re.compile(p) for p in freeze]
   compiled = [(g["name"], re.compile(g["match"])) for g in groups]
 
   def label(path, _):
     name = _path(path)
+    if strip and name.startswith(strip):
+      name = name[len(strip):]
     if any(p.search(name) for p in frozen):
       return FROZEN
     for gname, pat in compiled:
@@ -169,12 +172,15 @@ def group_labels(params: Any, groups=(), freeze=()) -> Any:
 
 
 def scale_by_layer(rate: float, num_layers: int, regex: str,
-                   embed_regex: str = "") -> optax.GradientTransformation:
+                   embed_regex: str = "", strip: str = ""
+                   ) -> optax.GradientTransformation:
   """Stateless per-parameter lr multiplier (layer-wise lr decay)."""
   block = re.compile(regex)
   embed = re.compile(embed_regex) if embed_regex else None
 
   def factor(name: str) -> float:
+    if strip and name.startswith(strip):
+      name = name[len(strip):]
     m = block.search(name)
     if m:
       return rate ** (num_layers - int(m.group(1)))
@@ -191,11 +197,15 @@ def scale_by_layer(rate: float, num_layers: int, regex: str,
 
 
 def make_model_optimizer(
-    cfg: Mapping[str, Any] | Any,
+    cfg: Mapping[str, Any] | Any, strip: str = "model/",
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """`make_optimizer` plus ``groups``, ``freeze`` and ``layer_decay``.
 
-  Returns (transformation, the base group's schedule for logging).
+  The train step hands the optimizer {"model": params, "weighting": ...}
+  (the model branch reaches this transformation inside optax's outer
+  multi_transform with that key), so rules see paths with `strip` removed:
+  'encoder/blocks/0/...'. Returns (transformation, the base group's schedule
+  for logging).
   """
   groups = [dict(g) for g in (_opt_get(cfg, "groups", ()) or ())]
   freeze = tuple(_opt_get(cfg, "freeze", ()) or ())
@@ -214,11 +224,11 @@ def make_model_optimizer(
   if decay.get("rate"):
     tx = optax.chain(tx, scale_by_layer(
         float(decay["rate"]), int(decay["num_layers"]), decay["regex"],
-        decay.get("embed_regex", "")))
+        decay.get("embed_regex", ""), strip))
   transforms = {DEFAULT_GROUP: tx, FROZEN: optax.set_to_zero()}
   for g in groups:
     transforms[g["name"]] = make_optimizer(
         {**base, **{k: v for k, v in g.items() if k not in ("name",
                                                             "match")}})[0]
   return optax.multi_transform(
-      transforms, lambda p: group_labels(p, groups, freeze)), schedule
+      transforms, lambda p: group_labels(p, groups, freeze, strip)), schedule
