@@ -53,6 +53,10 @@ def base_config() -> mlc.ConfigDict:
   c.tasks = ("semseg", "depth", "normals", "edge")
   c.task_kw = mlc.ConfigDict()          # {task: {field: value}}
   c.init_checkpoint = ""                # params-only checkpoint dir
+  # Restore only some arrays of init_checkpoint (regexes on 'params/...',
+  # 'batch_stats/...'; train/partial_restore.py); strict: a selected array
+  # missing or mis-shaped is an error (else kept at init and reported).
+  c.init_restore = mlc.ConfigDict(dict(include=(), exclude=(), strict=True))
 
   c.data = mlc.ConfigDict(dict(
       name="synthetic_scenes", config="nyud_like",

@@ -140,3 +140,38 @@ def save_params(directory: str | pathlib.Path, params: dict,
       meta=ocp.args.JsonSave(dict(meta or {}, step=int(step)))))
   mngr.wait_until_finished()
   mngr.close()
+
+
+def keep_best(directory: str | pathlib.Path, step: int, state: dict,
+              metrics: dict, metric: str, mode: str = "max",
+              meta: dict | None = None) -> bool:
+  """Keeps the params of the best evaluation so far in `directory` (a
+  params-only checkpoint, restorable like any other); returns whether this
+  evaluation was the new best. The best value lives in its meta item."""
+  if metric not in metrics:
+    raise KeyError(f"config.train.keep_best_metric={metric!r} is not an "
+                   f"evaluation metric; have {sorted(metrics)}.")
+  if mode not in ("max", "min"):
+    raise ValueError(f"config.train.keep_best_mode={mode!r}; 'max' or 'min'.")
+  value = float(metrics[metric])
+  directory = pathlib.Path(directory)
+  best = None
+  if directory.exists():
+    mngr = manager(directory, read_only=True, async_save=False)
+    last = mngr.latest_step()
+    if last is not None:
+      best = mngr.restore(last, args=ocp.args.Composite(
+          meta=ocp.args.JsonRestore()))["meta"].get("best")
+    mngr.close()
+  if best is not None and not (value > best if mode == "max"
+                               else value < best):
+    return False
+  params, _ = _split(state)
+  mngr = manager(directory, max_to_keep=1, async_save=False)
+  mngr.save(step, args=ocp.args.Composite(
+      params=ocp.args.StandardSave(params),
+      meta=ocp.args.JsonSave(dict(meta or {}, step=int(step), best=value,
+                                  metric=metric))), force=True)
+  mngr.wait_until_finished()
+  mngr.close()
+  return True

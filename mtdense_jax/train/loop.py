@@ -27,6 +27,7 @@ from mtdense_jax.tasks import base as task_base
 from mtdense_jax.train import checkpointing as ckpt
 from mtdense_jax.train import optim
 from mtdense_jax.train import sharding as shd
+from mtdense_jax.train import stages
 from mtdense_jax.train import state as state_lib
 from mtdense_jax.train import step as step_lib
 from mtdense_jax.train import writers
@@ -185,6 +186,11 @@ def _check_finite(acc: Mapping[str, float], step: int) -> None:
         "or check the labels of these tasks.")
 
 
+def _json(tree: Any) -> Any:
+  """JSON-safe copy (the checkpoint meta item is JSON)."""
+  return json.loads(json.dumps(tree, default=str))
+
+
 def _mean(acc: Mapping[str, jax.Array]) -> dict[str, float]:
   host = jax.device_get(acc)
   n = max(float(host["count"]), 1.0)
@@ -196,6 +202,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
 
   Returns the metrics of the final evaluation.
   """
+  if config.get("stages"):
+    return stages.run(config, workdir, train_and_evaluate)
   workdir = pathlib.Path(workdir)
   exp = setup(config)
   tcfg = config.train
@@ -218,6 +226,9 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     state = ckpt.restore(mngr, state, shardings, data_iter)
     print(f"Resumed from {workdir}/checkpoints step {mngr.latest_step()}",
           flush=True)
+  elif config.get("init_checkpoint") and (
+      config.init_restore.include or config.init_restore.exclude):
+    state = stages.restore(config, state, shardings)
   elif config.get("init_checkpoint"):
     params, _ = ckpt.restore_params(
         config.init_checkpoint,
@@ -252,13 +263,16 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     if step % tcfg.ckpt_every == 0 or is_last:
       ckpt.save(mngr, step, state, data_iter,
                 meta={"config": json.loads(config.to_json_best_effort()),
-                      "dataset_meta": json.loads(json.dumps(exp.meta,
-                                                            default=str))},
+                      "dataset_meta": _json(exp.meta)},
                 force=is_last)
     if step % tcfg.eval_every == 0 or is_last:
       metrics = evaluate(exp, eval_fn, state["params"], state["batch_stats"],
                          boundary)
       writer.evaluation(step, metrics)
+      if tcfg.get("keep_best_metric"):
+        ckpt.keep_best(workdir / "best", step, state, metrics,
+                       tcfg.keep_best_metric, tcfg.keep_best_mode,
+                       meta={"dataset_meta": _json(exp.meta)})
   if start >= tcfg.steps:
     print(f"Already trained to step {start}; evaluating.", flush=True)
     metrics = evaluate(exp, eval_fn, state["params"], state["batch_stats"],
