@@ -197,3 +197,32 @@ def test_old_layout_checkpoint_restores(data_dir, tmp_path):
   assert step == 1
   jax.tree.map(np.testing.assert_array_equal, _host(params["params"]),
                new["params"])
+
+
+def test_layer_decay_and_default_is_plain_optimizer():
+  """lr of block i is rate^(L - i), of the embedding rate^(L + 1), of the
+  rest 1; without groups/freeze/decay the optimizer (and its state layout)
+  is make_optimizer's."""
+  from mtdense_jax.train import optim  # pylint: disable=g-import-not-at-top
+  base = {"name": "adam", "lr": 1.0, "schedule": "constant",
+          "total_steps": 10}
+  params = {"model": {"embed": jnp.ones(2),
+                      "blocks": {0: jnp.ones(2), 1: jnp.ones(2)},
+                      "head": jnp.ones(2)}}
+  grads = jax.tree.map(jnp.ones_like, params)
+  tx, _ = optim.make_model_optimizer(
+      {**base, "layer_decay": {"rate": 0.5, "num_layers": 2,
+                               "regex": r"^blocks/(\d+)",
+                               "embed_regex": "^embed"}})
+  upd, _ = tx.update(grads, tx.init(params), params)
+  got = {k: float(jnp.abs(v).max()) for k, v in
+         {"embed": upd["model"]["embed"], "b0": upd["model"]["blocks"][0],
+          "b1": upd["model"]["blocks"][1], "head": upd["model"]["head"]}
+         .items()}
+  np.testing.assert_allclose(
+      [got["embed"], got["b0"], got["b1"], got["head"]],
+      [0.125, 0.25, 0.5, 1.0], rtol=1e-4)   # Adam: |m/sqrt(v)| = 1 - ~7e-6
+  plain, _ = optim.make_optimizer(base)
+  mine, _ = optim.make_model_optimizer(base)
+  assert (jax.tree.structure(plain.init(params)) ==
+          jax.tree.structure(mine.init(params)))
