@@ -144,7 +144,8 @@ def measure(cfg, label: str, steps: int, warmup: int,
   exp = make_experiment(cfg)
   hw, batch = tuple(cfg.data.image_size), cfg.train.batch_size
   defs, state, shardings = state_lib.init_state(
-      exp.factory, exp.tx, exp.weighting, list(exp.tasks), exp.mesh)
+      exp.factory, exp.tx, exp.weighting, list(exp.tasks), exp.mesh,
+      trainable=loop.trainable(cfg))
   data = shd.global_batch(random_batch(exp.tasks, batch, hw), exp.mesh)
   acc = jax.device_put(step_lib.zero_acc(exp.tasks), shd.replicated(exp.mesh))
   start = time.perf_counter()

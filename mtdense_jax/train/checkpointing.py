@@ -2,12 +2,20 @@
 
 Layout of ``WORKDIR/checkpoints/<step>/``:
 
-  params  {"params": model nnx.Param state, "batch_stats": BatchNorm stats}
-          - everything evaluation needs, restorable alone
-          (``restore_params``); weight converters write this item too.
+  params  {"params": trainable model variables, "batch_stats": every other
+          model variable} as pure nested dicts of arrays - everything
+          evaluation needs, restorable alone (``restore_params``); weight
+          converters write this item too.
   train   {"step", "wparams", "wstate", "opt"} - the rest of the train state
   data    the grain iterator state, so a resumed run sees the same batches
-  meta    JSON: step and the config the run was started with
+  meta    JSON: step, the config the run was started with and
+          "dataset_meta" (tasks, head sizes, image size, mean/std) for
+          inference
+
+Checkpoints written when the state held nnx.Variable leaves (paths ending in
+'/value') still restore: a structure mismatch falls back to restoring by
+parameter path (train/partial_restore.py). ``keep_best`` keeps the params of
+the best evaluation in a directory of its own.
 
 Orbax writes to a temporary directory and renames on commit, so a crash
 mid-save never leaves a checkpoint that looks complete.
