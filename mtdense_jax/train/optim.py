@@ -123,7 +123,8 @@ def make_optimizer(
 #
 # ``config.optim.groups``: a list of {"name", "match" (regex, re.search on
 # the parameter path 'encoder/blocks/0/attn/qkv/kernel'), and any key of
-# _DEFAULTS or ``lr`` to override for that group}. The first group whose
+# _DEFAULTS, ``lr`` or ``clip`` (= grad_clip_norm, over the group's own
+# gradients) to override for that group}. The first group whose
 # regex matches owns a parameter; unmatched parameters use the base config
 # (group "default"). ``config.optim.freeze``: regexes of parameters that
 # never change (optax.set_to_zero: no optimizer state, no weight decay).
@@ -227,8 +228,13 @@ def make_model_optimizer(
         decay.get("embed_regex", ""), strip))
   transforms = {DEFAULT_GROUP: tx, FROZEN: optax.set_to_zero()}
   for g in groups:
-    transforms[g["name"]] = make_optimizer(
-        {**base, **{k: v for k, v in g.items() if k not in ("name",
-                                                            "match")}})[0]
+    own = {("grad_clip_norm" if k == "clip" else k): v
+           for k, v in g.items() if k not in ("name", "match")}
+    unknown = set(own) - set(_DEFAULTS) - {"lr", "total_steps"}
+    if unknown:
+      raise ValueError(f"config.optim.groups entry {g['name']!r}: unknown "
+                       f"keys {sorted(unknown)}; allowed: name, match, clip, "
+                       f"lr, total_steps, {', '.join(sorted(_DEFAULTS))}.")
+    transforms[g["name"]] = make_optimizer({**base, **own})[0]
   return optax.multi_transform(
       transforms, lambda p: group_labels(p, groups, freeze, strip)), schedule
