@@ -123,8 +123,9 @@ def make_optimizer(
 #
 # ``config.optim.groups``: a list of {"name", "match" (regex, re.search on
 # the parameter path 'encoder/blocks/0/attn/qkv/kernel'), and any key of
-# _DEFAULTS, ``lr`` or ``clip`` (= grad_clip_norm, over the group's own
-# gradients) to override for that group}. The first group whose
+# _DEFAULTS, ``lr``, ``optimizer`` ('adam'/'adamw') or ``clip`` (=
+# grad_clip_norm, over the group's own gradients) to override for that
+# group}. The first group whose
 # regex matches owns a parameter; unmatched parameters use the base config
 # (group "default"). ``config.optim.freeze``: regexes of parameters that
 # never change (optax.set_to_zero: no optimizer state, no weight decay).
@@ -228,13 +229,15 @@ def make_model_optimizer(
         decay.get("embed_regex", ""), strip))
   transforms = {DEFAULT_GROUP: tx, FROZEN: optax.set_to_zero()}
   for g in groups:
-    own = {("grad_clip_norm" if k == "clip" else k): v
-           for k, v in g.items() if k not in ("name", "match")}
+    alias = {"clip": "grad_clip_norm", "optimizer": "name"}
+    own = {alias.get(k, k): v for k, v in g.items()
+           if k not in ("name", "match")}
     unknown = set(own) - set(_DEFAULTS) - {"lr", "total_steps"}
     if unknown:
       raise ValueError(f"config.optim.groups entry {g['name']!r}: unknown "
-                       f"keys {sorted(unknown)}; allowed: name, match, clip, "
-                       f"lr, total_steps, {', '.join(sorted(_DEFAULTS))}.")
+                       f"keys {sorted(unknown)}; allowed: name, match, "
+                       "optimizer, clip, lr, total_steps, "
+                       f"{', '.join(sorted(set(_DEFAULTS) - {'name'}))}.")
     transforms[g["name"]] = make_optimizer({**base, **own})[0]
   return optax.multi_transform(
       transforms, lambda p: group_labels(p, groups, freeze, strip)), schedule
