@@ -133,7 +133,15 @@ def host_overhead(state, data, acc, compiled, steps: int) -> dict[str, float]:
                   donate_argnums=(0, 2))
   state, _, acc = ident(state, data, acc)
   trivial_ms, _ = _dispatch_ms(ident, state, data, acc, steps)
+  leaves, treedef = jax.tree.flatten(state)
+  tree = []
+  for _ in range(steps):
+    start = time.perf_counter()
+    jax.tree.unflatten(treedef, jax.tree.flatten(state)[0])
+    tree.append(time.perf_counter() - start)
+  del leaves
   return {"dispatch_ms": real_ms, "trivial_ms": trivial_ms,
+          "tree_ms": 1e3 * statistics.median(tree),
           "state_nodes": jax.tree.structure(state).num_nodes}
 
 
@@ -253,7 +261,8 @@ def main(argv=None) -> int:
     for r in rows:
       print(f"{r['backbone']} {r['hw']}: host dispatch {r['dispatch_ms']:.2f} "
             f"ms/step (step {r['step_ms']:.1f} ms); trivial step over the "
-            f"same state {r['trivial_ms']:.2f} ms; "
+            f"same state {r['trivial_ms']:.2f} ms; state flatten+unflatten "
+            f"{r['tree_ms']:.2f} ms; "
             f"{r['state_nodes']} pytree nodes in the state")
   if args.out:
     pathlib.Path(args.out).write_text(json.dumps(rows, indent=2))
