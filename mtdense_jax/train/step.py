@@ -1,6 +1,12 @@
 """Pure train and eval steps; jitted with explicit shardings by the loop.
 
 Generic: the steps loop over the configured tasks and never name one.
+
+A model returns {"final": {task: x}, "aux": {head: {task: x}} (optional),
+"losses": {name: scalar} (optional: regularisers, distillation terms)}.
+`loss_terms` turns that into per-task final/aux terms and named extra terms
+and `objective` is the one place the total is built from them (the plain
+step and every gradient-accumulation micro-batch use the same function).
 """
 
 from __future__ import annotations
@@ -90,14 +96,6 @@ def objective(terms: tuple[dict, dict, dict], weighting: Any, wparams: dict,
   weighted, wstate, weights = weighting(wparams, wstate, seen, step)
   total = weighted + outside + sum(extra.values(), jnp.zeros((), jnp.float32))
   return total, seen, weights, wstate
-
-
-def task_losses(tasks: Tasks, preds: Mapping[str, Any], batch: Batch,
-                aux_weight: float) -> dict[str, jax.Array]:
-  """L_t = F_t + A_t with one aux weight (what the weighting sees inside)."""
-  final, aux, _ = loss_terms(tasks, preds, batch,
-                             LossConfig(aux_weight=aux_weight))
-  return {t: final[t] + aux[t] for t in final}
 
 
 def _forward(defs: state_lib.ModelDef, graphdef, params, batch_stats, image,
