@@ -84,7 +84,7 @@ def measure(cfg, *, steps: int, warmup: int) -> dict:
   exp = loop.setup(cfg)
   defs, state, shardings = state_lib.init_state(
       exp.factory, exp.tx, exp.weighting, list(exp.tasks), exp.mesh,
-      cfg.sharding)
+      cfg.sharding, loop.trainable(cfg))
   it = pipeline.make_train_iter(cfg.data, list(exp.tasks),
                                 global_batch_size=cfg.train.batch_size,
                                 seed=cfg.seed)

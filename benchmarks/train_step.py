@@ -5,6 +5,8 @@ r"""Train-step speed of InvPT: step time, images/s, peak memory, FLOPs, MFU.
       --out invpt_step.json
   python benchmarks/train_step.py --backbone tiny --hw 64x64 --batch 2 \
       --steps 3                      # CPU smoke run, seconds
+  python benchmarks/train_step.py --backbone tiny --hw 64x64 --batch 2 \
+      --steps 30 --host_overhead     # Python time per step outside XLA
 
 Measures the framework's own train step (``loop.compile_train_step`` over
 ``state.init_state``: forward, deep-supervision losses, loss weighting,
@@ -112,13 +114,46 @@ def _peak_memory() -> float | None:
   return float(stats["peak_bytes_in_use"]) if stats else None
 
 
+def _dispatch_ms(fn, state, data, acc, steps: int) -> tuple[float, Any]:
+  """Median wall time of the call itself (returns before the computation
+  ends); the previous step is finished first so nothing queues."""
+  times = []
+  for _ in range(steps):
+    start = time.perf_counter()
+    state, metrics, acc = fn(state, data, acc)
+    times.append(time.perf_counter() - start)
+    jax.block_until_ready((state, metrics, acc))
+  return 1e3 * statistics.median(times), (state, acc)
+
+
+def host_overhead(state, data, acc, compiled, steps: int) -> dict[str, float]:
+  """dispatch_ms of the real step and trivial_ms of an identity step."""
+  real_ms, (state, acc) = _dispatch_ms(compiled, state, data, acc, steps)
+  ident = jax.jit(lambda s, b, a: (s, {"total": a["total"]}, a),
+                  donate_argnums=(0, 2))
+  state, _, acc = ident(state, data, acc)
+  trivial_ms, _ = _dispatch_ms(ident, state, data, acc, steps)
+  leaves, treedef = jax.tree.flatten(state)
+  tree = []
+  for _ in range(steps):
+    start = time.perf_counter()
+    jax.tree.unflatten(treedef, jax.tree.flatten(state)[0])
+    tree.append(time.perf_counter() - start)
+  del leaves
+  return {"dispatch_ms": real_ms, "trivial_ms": trivial_ms,
+          "tree_ms": 1e3 * statistics.median(tree),
+          "state_nodes": jax.tree.structure(state).num_nodes}
+
+
 def measure(cfg, label: str, steps: int, warmup: int,
-            peak_tflops: float | None, profile_dir: str = "") -> dict[str, Any]:
+            peak_tflops: float | None, profile_dir: str = "",
+            overhead: bool = False) -> dict[str, Any]:
   """Compiles the real train step and times `steps` steps after `warmup`."""
   exp = make_experiment(cfg)
   hw, batch = tuple(cfg.data.image_size), cfg.train.batch_size
   defs, state, shardings = state_lib.init_state(
-      exp.factory, exp.tx, exp.weighting, list(exp.tasks), exp.mesh)
+      exp.factory, exp.tx, exp.weighting, list(exp.tasks), exp.mesh,
+      trainable=loop.trainable(cfg))
   data = shd.global_batch(random_batch(exp.tasks, batch, hw), exp.mesh)
   acc = jax.device_put(step_lib.zero_acc(exp.tasks), shd.replicated(exp.mesh))
   start = time.perf_counter()
@@ -156,6 +191,8 @@ def measure(cfg, label: str, steps: int, warmup: int,
                  if flops and peak_tflops else None),
          "peak_mem_gib": (_peak_memory() or 0) / 2**30 or None,
          "backend": jax.default_backend()}
+  if overhead:
+    row.update(host_overhead(state, data, acc, compiled, steps))
   return row
 
 
@@ -191,6 +228,9 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--peak_tflops", type=float, default=None,
                  help="device peak TFLOP/s for MFU (H100 bf16: 989)")
   p.add_argument("--out", default="", help="write the rows as JSON here")
+  p.add_argument("--host_overhead", action="store_true",
+                 help="also time the dispatch (Python outside XLA) of the "
+                 "step and of a trivial step over the same state")
   p.add_argument("--profile", default="",
                  help="write a jax.profiler trace of the timed steps here")
   return p.parse_args(argv)
@@ -208,7 +248,8 @@ def main(argv=None) -> int:
     for config_file, hw in shapes:
       cfg = make_config(backbone, config_file, hw, args.batch, args.dtype)
       rows.append(measure(cfg, backbone, args.steps, args.warmup,
-                          args.peak_tflops, args.profile))
+                          args.peak_tflops, args.profile,
+                          args.host_overhead))
       print(table(rows[-1:]).splitlines()[-1] if len(rows) > 1 else
             table(rows), flush=True)
   print(f"\n{jax.default_backend()} ({jax.devices()[0].device_kind}), "
@@ -216,6 +257,13 @@ def main(argv=None) -> int:
         f"after {args.warmup} warm-up; FLOPs per image = XLA cost analysis "
         "of the whole train step (fwd + bwd + update).\n")
   print(table(rows))
+  if args.host_overhead:
+    for r in rows:
+      print(f"{r['backbone']} {r['hw']}: host dispatch {r['dispatch_ms']:.2f} "
+            f"ms/step (step {r['step_ms']:.1f} ms); trivial step over the "
+            f"same state {r['trivial_ms']:.2f} ms; state flatten+unflatten "
+            f"{r['tree_ms']:.2f} ms; "
+            f"{r['state_nodes']} pytree nodes in the state")
   if args.out:
     pathlib.Path(args.out).write_text(json.dumps(rows, indent=2))
   return 0

@@ -53,6 +53,10 @@ def base_config() -> mlc.ConfigDict:
   c.tasks = ("semseg", "depth", "normals", "edge")
   c.task_kw = mlc.ConfigDict()          # {task: {field: value}}
   c.init_checkpoint = ""                # params-only checkpoint dir
+  # Restore only some arrays of init_checkpoint (regexes on 'params/...',
+  # 'batch_stats/...'; train/partial_restore.py); strict: a selected array
+  # missing or mis-shaped is an error (else kept at init and reported).
+  c.init_restore = mlc.ConfigDict(dict(include=(), exclude=(), strict=True))
 
   c.data = mlc.ConfigDict(dict(
       name="synthetic_scenes", config="nyud_like",
@@ -70,19 +74,43 @@ def base_config() -> mlc.ConfigDict:
       # or "block"; the policy names a jax.checkpoint_policies member
       # ("nothing_saveable" recomputes everything, "dots_saveable" keeps
       # matmul outputs).
-      remat="none", remat_policy="nothing_saveable"))
+      remat="none", remat_policy="nothing_saveable",
+      # Names of the nnx.Variable classes the optimizer trains (a subclass
+      # counts); every other collection (BatchNorm stats, frozen copies,
+      # masks, EMAs) is carried in the state untrained (train/state.py).
+      trainable=("Param",)))
 
-  c.loss = mlc.ConfigDict(dict(aux_weight=1.0))
+  # train/step.py `objective`: aux head h weighs aux_weights.get(h,
+  # aux_weight); aux_mode "inside" puts F_t + A_t through the weighting
+  # (InvPT, CTAL), "outside" adds sum_t A_t after it (MT-CP: aux_weight
+  # 0.5); a model's own losses (preds["losses"][n]) are added with
+  # extra_weights.get(n, 1).
+  c.loss = mlc.ConfigDict(dict(
+      aux_weight=1.0, aux_weights=mlc.ConfigDict(), aux_mode="inside",
+      extra_weights=mlc.ConfigDict()))
   c.weighting = mlc.ConfigDict(dict(name="lps", kw=mlc.ConfigDict()))
   c.optim = mlc.ConfigDict(dict(
       name="adamw", lr=1e-4, weight_decay=1e-4, b1=0.9, b2=0.999, eps=1e-8,
       schedule="poly", warmup_steps=0, total_steps=1000, poly_power=0.9,
-      min_lr=0.0, grad_clip_norm=mlc.config_dict.placeholder(float)))
+      min_lr=0.0, grad_clip_norm=mlc.config_dict.placeholder(float),
+      # train/optim.py make_model_optimizer: groups = ({"name", "match":
+      # regex on 'encoder/blocks/0/...', and any key above to override},
+      # ...); freeze = (regex, ...) never updated; layer_decay = {"rate",
+      # "num_layers", "regex" (one group = block index), "embed_regex"}.
+      groups=(), freeze=(), layer_decay=mlc.ConfigDict()))
 
   c.train = mlc.ConfigDict(dict(
       steps=1000, batch_size=8, log_every=50, eval_every=500,
       ckpt_every=500, keep_ckpts=3,
-      grad_accum=1))   # micro-batches per step (scan inside the jit)
+      grad_accum=1,    # micro-batches per step (scan inside the jit)
+      # Keep-best: also keep the checkpoint with the best value of this
+      # evaluation metric ("" = off) in WORKDIR/best/ ("max" or "min").
+      keep_best_metric="", keep_best_mode="max"))
+  # Multi-stage training (train/stages.py): a list of dicts, each {"name",
+  # "init_from" (an earlier stage's name), "restore": {"include": (regex,),
+  # "exclude": (regex,)}, "override": {dotted.key: value}}, run in order
+  # under WORKDIR/<name>/; () = one plain run in WORKDIR.
+  c.stages = ()
   c.eval = mlc.ConfigDict(dict(
       batch_size=8, protocol="invpt", stl_baselines=mlc.ConfigDict(),
       # Boundary odsF/oisF/AP (SEISM protocol, evaluators/boundary.py) for

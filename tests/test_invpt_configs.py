@@ -162,7 +162,8 @@ def test_converted_checkpoint_initialises_training(golden, tmp_path):
   model = convert_cli.convert("invpt", str(pth), cfg)
   out = tmp_path / "converted"
   convert_cli.save_params(out, model)
-  converted = jax.tree.map(np.asarray, nnx.state(model, nnx.Param))
+  converted = jax.tree.map(np.asarray,
+                           nnx.to_pure_dict(nnx.state(model, nnx.Param)))
   key = "multi_task_decoder.invpt.mt_proj.depth.0.weight"
   np.testing.assert_array_equal(
       np.asarray(model.decoder.invpt.mt_proj["depth"].conv.kernel[...]),

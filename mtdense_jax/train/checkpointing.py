@@ -2,12 +2,20 @@
 
 Layout of ``WORKDIR/checkpoints/<step>/``:
 
-  params  {"params": model nnx.Param state, "batch_stats": BatchNorm stats}
-          - everything evaluation needs, restorable alone
-          (``restore_params``); weight converters write this item too.
+  params  {"params": trainable model variables, "batch_stats": every other
+          model variable} as pure nested dicts of arrays - everything
+          evaluation needs, restorable alone (``restore_params``); weight
+          converters write this item too.
   train   {"step", "wparams", "wstate", "opt"} - the rest of the train state
   data    the grain iterator state, so a resumed run sees the same batches
-  meta    JSON: step and the config the run was started with
+  meta    JSON: step, the config the run was started with and
+          "dataset_meta" (tasks, head sizes, image size, mean/std) for
+          inference
+
+Checkpoints written when the state held nnx.Variable leaves (paths ending in
+'/value') still restore: a structure mismatch falls back to restoring by
+parameter path (train/partial_restore.py). ``keep_best`` keeps the params of
+the best evaluation in a directory of its own.
 
 Orbax writes to a temporary directory and renames on commit, so a crash
 mid-save never leaves a checkpoint that looks complete.
@@ -40,6 +48,8 @@ from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+
+from mtdense_jax.train import partial_restore
 
 PyTree = Any
 _PARAM_KEYS = ("params", "batch_stats")
@@ -101,7 +111,10 @@ def restore(mngr: ocp.CheckpointManager, state: dict, shardings: dict,
            "train": ocp.args.StandardRestore(abstract(rest, r_sh))}
   if data_iter is not None:
     items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
-  out = mngr.restore(step, args=ocp.args.Composite(**items))
+  try:
+    out = mngr.restore(step, args=ocp.args.Composite(**items))
+  except (ValueError, KeyError, TypeError) as e:
+    out = _restore_other_layout(mngr.directory, step, items, e)
   return {**out["params"], **out["train"]}
 
 
@@ -137,8 +150,11 @@ def restore_params(directory: str | pathlib.Path, abstract_params: dict,
                                     config)
       if report:
         raise _incompatible(directory, s, report)
-      out = mngr.restore(s, args=ocp.args.Composite(
-          params=ocp.args.StandardRestore(abstract_params)))
+      items = {"params": ocp.args.StandardRestore(abstract_params)}
+      try:
+        out = mngr.restore(s, args=ocp.args.Composite(**items))
+      except (ValueError, KeyError, TypeError) as e:
+        out = _restore_other_layout(mngr.directory, s, items, e)
       return out["params"], s
     except CheckpointError:
       raise
@@ -153,6 +169,30 @@ def restore_params(directory: str | pathlib.Path, abstract_params: dict,
       log(f"Skipping corrupt checkpoint step {s}: {reason}.")
   raise CheckpointError(f"No checkpoint in {directory} restores completely: "
                         f"{'; '.join(skipped)}.")
+
+
+def _restore_other_layout(directory, step: int, items: dict,
+                          error: Exception) -> dict:
+  """Restores the StandardRestore items by parameter path instead of by
+  tree structure: checkpoints written when the state held nnx.Variable
+  leaves ('.../kernel/value'), or any layout naming the same arrays. Other
+  items (the data iterator) are then restored as usual. A real mismatch
+  raises one message listing the missing and mis-shaped paths."""
+  step_dir = pathlib.Path(directory) / str(step)
+  out = {}
+  for name, arg in items.items():
+    if isinstance(arg, ocp.args.StandardRestore):
+      try:
+        saved = partial_restore.read_item(step_dir / name)
+      except Exception:  # pylint: disable=broad-except
+        raise error from None
+      out[name], _ = partial_restore.restore_by_path(
+          arg.item, saved, source=f"{step_dir}/{name}")
+  rest = {k: v for k, v in items.items() if k not in out}
+  if rest:
+    mngr = manager(directory, read_only=True, async_save=False)
+    out.update(mngr.restore(step, args=ocp.args.Composite(**rest)))
+  return out
 
 
 def save_params(directory: str | pathlib.Path, params: dict,
@@ -588,3 +628,38 @@ def restore_latest(mngr: ocp.CheckpointManager, state: dict,
       f"No checkpoint in {directory} restores completely: "
       f"{'; '.join(skipped)}. Move the directory aside to train from "
       "scratch.")
+
+
+def keep_best(directory: str | pathlib.Path, step: int, state: dict,
+              metrics: dict, metric: str, mode: str = "max",
+              meta: dict | None = None) -> bool:
+  """Keeps the params of the best evaluation so far in `directory` (a
+  params-only checkpoint, restorable like any other); returns whether this
+  evaluation was the new best. The best value lives in its meta item."""
+  if metric not in metrics:
+    raise KeyError(f"config.train.keep_best_metric={metric!r} is not an "
+                   f"evaluation metric; have {sorted(metrics)}.")
+  if mode not in ("max", "min"):
+    raise ValueError(f"config.train.keep_best_mode={mode!r}; 'max' or 'min'.")
+  value = float(metrics[metric])
+  directory = pathlib.Path(directory)
+  best = None
+  if directory.exists():
+    mngr = manager(directory, read_only=True, async_save=False)
+    last = mngr.latest_step()
+    if last is not None:
+      best = mngr.restore(last, args=ocp.args.Composite(
+          meta=ocp.args.JsonRestore()))["meta"].get("best")
+    mngr.close()
+  if best is not None and not (value > best if mode == "max"
+                               else value < best):
+    return False
+  params, _ = _split(state)
+  mngr = manager(directory, max_to_keep=1, async_save=False)
+  mngr.save(step, args=ocp.args.Composite(
+      params=ocp.args.StandardSave(params),
+      meta=ocp.args.JsonSave(dict(meta or {}, step=int(step), best=value,
+                                  metric=metric))), force=True)
+  mngr.wait_until_finished()
+  mngr.close()
+  return True

@@ -28,6 +28,7 @@ from mtdense_jax.train import checkpointing as ckpt
 from mtdense_jax.train import optim
 from mtdense_jax.train import report
 from mtdense_jax.train import sharding as shd
+from mtdense_jax.train import stages
 from mtdense_jax.train import state as state_lib
 from mtdense_jax.train import step as step_lib
 from mtdense_jax.train import writers
@@ -104,7 +105,7 @@ def build_experiment(config, meta: Mapping[str, Any],
   outputs = {n: t.num_outputs for n, t in tasks.items()}
   factory = state_lib.model_factory(config.model, outputs,
                                     tuple(config.data.image_size), config.seed)
-  model_tx, schedule = optim.make_optimizer(config.optim)
+  model_tx, schedule = optim.make_model_optimizer(config.optim)
   # Loss-weighting parameters (e.g. uncertainty log-variances) get plain Adam
   # on the same schedule: no weight decay pulling them to 0, no clipping.
   tx = optax.multi_transform(
@@ -115,10 +116,16 @@ def build_experiment(config, meta: Mapping[str, Any],
                     build_weighting(config), tx, schedule)
 
 
+def trainable(config) -> tuple[str, ...]:
+  """``config.model.trainable``: the trainable variable classes' names."""
+  return tuple(config.model.get("trainable", None)
+               or state_lib.DEFAULT_TRAINABLE)
+
+
 def compile_train_step(exp: Experiment, defs, shardings):
   fn = step_lib.bind(step_lib.train_step, defs=defs, tasks=exp.tasks,
                      weighting=exp.weighting, tx=exp.tx,
-                     aux_weight=exp.config.loss.aux_weight,
+                     loss_cfg=step_lib.LossConfig.from_config(exp.config.loss),
                      rng=jax.random.key(exp.config.seed + 1),
                      grad_accum=int(exp.config.train.get("grad_accum", 1)))
   repl = shd.replicated(exp.mesh)
@@ -192,6 +199,11 @@ def _check_finite(acc: Mapping[str, float], step: int) -> None:
         "or check the labels of these tasks.")
 
 
+def _json(tree: Any) -> Any:
+  """JSON-safe copy (the checkpoint meta item is JSON)."""
+  return json.loads(json.dumps(tree, default=str))
+
+
 def _mean(acc: Mapping[str, jax.Array]) -> dict[str, float]:
   host = jax.device_get(acc)
   n = max(float(host["count"]), 1.0)
@@ -205,6 +217,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
 
   Returns the metrics of the final evaluation.
   """
+  if config.get("stages"):
+    return stages.run(config, workdir, train_and_evaluate)
   workdir = pathlib.Path(workdir)
   with report.Timer(f"Preparing dataset {config.data.name}",
                     f"Dataset {config.data.name} ready"):
@@ -213,7 +227,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
   writer = writers.MetricWriter(workdir)
   defs, state, shardings = state_lib.init_state(
       exp.factory, exp.tx, exp.weighting, list(exp.tasks), exp.mesh,
-      config.get("sharding"))
+      config.get("sharding"), trainable(config))
   report.say("Parameters:\n" + report.parameter_table(
       {"params": state["params"], "batch_stats": state["batch_stats"]}))
   data_iter = pipeline.make_train_iter(
@@ -222,13 +236,17 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
   mngr = ckpt.manager(workdir / "checkpoints", max_to_keep=tcfg.keep_ckpts,
                       save_every=tcfg.ckpt_every)
   saver = ckpt.Saver(mngr)
-  meta = {"config": json.loads(config.to_json_best_effort())}
+  meta = {"config": json.loads(config.to_json_best_effort()),
+          "dataset_meta": _json(exp.meta)}
   resumed = ckpt.restore_latest(mngr, state, shardings, data_iter,
                                 config=meta["config"])
   if resumed is not None:
     state, resumed_step = resumed
     print(f"Resumed from {workdir}/checkpoints step {resumed_step}",
           flush=True)
+  elif config.get("init_checkpoint") and (
+      config.init_restore.include or config.init_restore.exclude):
+    state = stages.restore(config, state, shardings)
   elif config.get("init_checkpoint"):
     params, _ = ckpt.restore_params(
         config.init_checkpoint,
@@ -284,6 +302,10 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
       metrics = evaluate(exp, eval_fn, state["params"], state["batch_stats"],
                          boundary)
       writer.evaluation(step, metrics)
+      if tcfg.get("keep_best_metric"):
+        ckpt.keep_best(workdir / "best", step, state, metrics,
+                       tcfg.keep_best_metric, tcfg.keep_best_mode,
+                       meta={"dataset_meta": _json(exp.meta)})
     if runtime.stop_requested():
       if saver.last_saved != step:
         saver.assert_finite(state, step)
@@ -311,7 +333,8 @@ def evaluate_checkpoint(config, workdir: str, checkpoint: str | None = None,
   """--mode eval: restores only the params and runs every metric."""
   workdir = pathlib.Path(workdir)
   exp = setup(config)
-  defs, abs_params, abs_stats = state_lib.model_defs(exp.factory)
+  defs, abs_params, abs_stats = state_lib.model_defs(exp.factory,
+                                                     trainable(config))
   abstract = {"params": abs_params, "batch_stats": abs_stats}
   repl = shd.replicated(exp.mesh)
   shardings = {"params": shd.strategy_shardings(abs_params, exp.mesh,

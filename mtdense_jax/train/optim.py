@@ -28,8 +28,10 @@ the very last steps (lr(39999) ~ 1e-9 of 2e-5) and harmless.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Mapping
 
+import jax
 import optax
 
 _DEFAULTS = {
@@ -115,3 +117,127 @@ def make_optimizer(
   parts = [optax.clip_by_global_norm(float(clip))] if clip else []
   tx = optax.chain(*parts, *core, optax.scale_by_learning_rate(schedule))
   return tx, schedule
+
+
+# --- Parameter groups, freezing, layer-wise lr decay -----------------------
+#
+# ``config.optim.groups``: a list of {"name", "match" (regex, re.search on
+# the parameter path 'encoder/blocks/0/attn/qkv/kernel'), and any key of
+# _DEFAULTS, ``lr``, ``optimizer`` ('adam'/'adamw') or ``clip`` (=
+# grad_clip_norm, over the group's own gradients) to override for that
+# group}. The first group whose
+# regex matches owns a parameter; unmatched parameters use the base config
+# (group "default"). ``config.optim.freeze``: regexes of parameters that
+# never change (optax.set_to_zero: no optimizer state, no weight decay).
+# ``config.optim.layer_decay``: {"rate": r, "num_layers": L, "regex": with
+# one group capturing the block index} multiplies the lr of block i by
+# r^(L - i) and of parameters matching no block (embeddings) by r^(L + 1)
+# when ``embed_regex`` matches them; everything else keeps factor 1 (BEiT /
+# MAE fine-tuning). Without any of these the result is `make_optimizer`'s,
+# state layout included (old checkpoints restore).
+
+FROZEN = "frozen"
+DEFAULT_GROUP = "default"
+
+
+def _path(path: tuple) -> str:
+  parts = []
+  for k in path:
+    name = getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))
+    if name != "value":
+      parts.append(str(name))
+  return "/".join(parts)
+
+
+def _opt_get(cfg, key, default=None):
+  value = cfg.get(key) if hasattr(cfg, "get") else None
+  return default if value is None else value
+
+
+def group_labels(params: Any, groups=(), freeze=(), strip: str = "") -> Any:
+  """The label ("frozen", a group name or "default") of every parameter;
+  rules see the path with a leading `strip` removed."""
+  frozen = [re.compile(p) for p in freeze]
+  compiled = [(g["name"], re.compile(g["match"])) for g in groups]
+
+  def label(path, _):
+    name = _path(path)
+    if strip and name.startswith(strip):
+      name = name[len(strip):]
+    if any(p.search(name) for p in frozen):
+      return FROZEN
+    for gname, pat in compiled:
+      if pat.search(name):
+        return gname
+    return DEFAULT_GROUP
+  return jax.tree_util.tree_map_with_path(label, params)
+
+
+def scale_by_layer(rate: float, num_layers: int, regex: str,
+                   embed_regex: str = "", strip: str = ""
+                   ) -> optax.GradientTransformation:
+  """Stateless per-parameter lr multiplier (layer-wise lr decay)."""
+  block = re.compile(regex)
+  embed = re.compile(embed_regex) if embed_regex else None
+
+  def factor(name: str) -> float:
+    if strip and name.startswith(strip):
+      name = name[len(strip):]
+    m = block.search(name)
+    if m:
+      return rate ** (num_layers - int(m.group(1)))
+    if embed is not None and embed.search(name):
+      return rate ** (num_layers + 1)
+    return 1.0
+
+  def update(updates, state, params=None):
+    del params
+    return jax.tree_util.tree_map_with_path(
+        lambda p, u: u * factor(_path(p)), updates), state
+
+  return optax.GradientTransformation(lambda _: optax.EmptyState(), update)
+
+
+def make_model_optimizer(
+    cfg: Mapping[str, Any] | Any, strip: str = "model/",
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """`make_optimizer` plus ``groups``, ``freeze`` and ``layer_decay``.
+
+  The train step hands the optimizer {"model": params, "weighting": ...}
+  (the model branch reaches this transformation inside optax's outer
+  multi_transform with that key), so rules see paths with `strip` removed:
+  'encoder/blocks/0/...'. Returns (transformation, the base group's schedule
+  for logging).
+  """
+  groups = [dict(g) for g in (_opt_get(cfg, "groups", ()) or ())]
+  freeze = tuple(_opt_get(cfg, "freeze", ()) or ())
+  decay = dict(_opt_get(cfg, "layer_decay", {}) or {})
+  base = {k: v for k, v in dict(cfg).items()
+          if k not in ("groups", "freeze", "layer_decay")}
+  tx, schedule = make_optimizer(base)
+  if not groups and not freeze and not decay.get("rate"):
+    return tx, schedule
+  for g in groups:
+    missing = {"name", "match"} - set(g)
+    if missing or g["name"] in (FROZEN, DEFAULT_GROUP):
+      raise ValueError(
+          f"config.optim.groups entry {g} needs 'name' and 'match' (regex) "
+          f"and a name other than {FROZEN!r}/{DEFAULT_GROUP!r}.")
+  if decay.get("rate"):
+    tx = optax.chain(tx, scale_by_layer(
+        float(decay["rate"]), int(decay["num_layers"]), decay["regex"],
+        decay.get("embed_regex", ""), strip))
+  transforms = {DEFAULT_GROUP: tx, FROZEN: optax.set_to_zero()}
+  for g in groups:
+    alias = {"clip": "grad_clip_norm", "optimizer": "name"}
+    own = {alias.get(k, k): v for k, v in g.items()
+           if k not in ("name", "match")}
+    unknown = set(own) - set(_DEFAULTS) - {"lr", "total_steps"}
+    if unknown:
+      raise ValueError(f"config.optim.groups entry {g['name']!r}: unknown "
+                       f"keys {sorted(unknown)}; allowed: name, match, "
+                       "optimizer, clip, lr, total_steps, "
+                       f"{', '.join(sorted(set(_DEFAULTS) - {'name'}))}.")
+    transforms[g["name"]] = make_optimizer({**base, **own})[0]
+  return optax.multi_transform(
+      transforms, lambda p: group_labels(p, groups, freeze, strip)), schedule

@@ -3,11 +3,24 @@
 The state is a plain dict (big_vision style) of pytrees:
 
   step        int32 scalar: optimizer steps taken (drives schedule and RNG)
-  params      nnx.State of the model's nnx.Param variables
-  batch_stats nnx.State of nnx.BatchStat (BatchNorm running statistics)
+  params      the trainable model variables: those whose class (or a base
+              class) is named in ``config.model.trainable`` (default
+              ("Param",))
+  batch_stats every other model variable: BatchNorm statistics and any
+              other collection a model declares (frozen base weights, masks,
+              gate logits, EMA copies): carried, checkpointed and passed to
+              the forward, never given to the optimizer
   wparams     trainable parameters of the loss weighting (may be empty)
   wstate      non-trainable loss-weighting state (LPS history, ...)
   opt         optax state over {"model": params, "weighting": wparams}
+
+Every model branch is a *pure* nested dict of arrays ({"encoder": {"blocks":
+{0: {"attn": {"qkv": {"kernel": Array}}}}}}), not an nnx.State of Variable
+leaves: a jitted call flattens and unflattens its arguments on the host at
+every dispatch, and a Variable costs ~30x a dict entry there (benchmarks/
+train_step.py --host_overhead). The modules are rebuilt inside jit with
+``nnx.merge(graphdef, params, batch_stats)`` from the static graphdefs in
+`ModelDef`, which costs nothing per step once traced.
 
 Keeping the model as split state and jitting plain functions over it (rather
 than nnx.jit over objects) gives explicit shardings and donation, no Python
@@ -32,11 +45,39 @@ PyTree = Any
 State = dict[str, Any]
 
 
+DEFAULT_TRAINABLE = ("Param",)
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelDef:
-  """Static halves of the split model: one graphdef per mode."""
+  """Static halves of the split model: one graphdef per mode, and the names
+  of the trainable variable classes (to split the model again in jit)."""
   train: nnx.GraphDef
   eval: nnx.GraphDef
+  trainable: tuple[str, ...] = DEFAULT_TRAINABLE
+
+
+def trainable_filter(names: tuple[str, ...] = DEFAULT_TRAINABLE):
+  """nnx filter: variables whose class or a base class is named in `names`
+  (so a subclass of nnx.Param is trainable unless declared otherwise)."""
+  names = tuple(names)
+
+  def pred(path, x):
+    del path
+    return any(c.__name__ in names for c in type(x).__mro__)
+  return pred
+
+
+def merge(graphdef: nnx.GraphDef, params: PyTree,
+          batch_stats: PyTree) -> nnx.Module:
+  """The module from its graphdef and the two pure-dict branches."""
+  return nnx.merge(graphdef, params, batch_stats, copy=True)
+
+
+def non_trainable(model: nnx.Module, trainable: tuple[str, ...]) -> PyTree:
+  """The pure dict of every non-trainable variable (after a forward)."""
+  return nnx.to_pure_dict(nnx.state(model, nnx.Not(trainable_filter(
+      trainable))))
 
 
 def model_factory(model_cfg: Mapping[str, Any], task_outputs: Mapping[str, int],
@@ -48,39 +89,45 @@ def model_factory(model_cfg: Mapping[str, Any], task_outputs: Mapping[str, int],
   return make
 
 
-def split_model(model: nnx.Module) -> tuple[nnx.GraphDef, PyTree, PyTree]:
-  graphdef, params, batch_stats, rest = nnx.split(
-      model, nnx.Param, nnx.BatchStat, ...)
-  if jax.tree.leaves(rest):
+def split_model(model: nnx.Module, trainable: tuple[str, ...] =
+                DEFAULT_TRAINABLE) -> tuple[nnx.GraphDef, PyTree, PyTree]:
+  """model -> (graphdef, trainable pure dict, non-trainable pure dict)."""
+  graphdef, rng, params, rest = nnx.split(
+      model, nnx.RngState, trainable_filter(trainable), ...)
+  if jax.tree.leaves(rng):
     raise ValueError(
-        "Model holds variables other than Param/BatchStat (e.g. stored "
-        f"nnx.Rngs): {rest}. Stochastic layers must take rngs at call time.")
-  return graphdef, params, batch_stats
+        f"Model stores nnx.Rngs state {rng}. Stochastic layers must take "
+        "rngs at call time.")
+  return graphdef, nnx.to_pure_dict(params), nnx.to_pure_dict(rest)
 
 
-def model_defs(factory: Callable[[], nnx.Module]) -> tuple[ModelDef, PyTree,
-                                                           PyTree]:
-  """Abstract model -> (graphdefs for train/eval, abstract params, stats)."""
+def model_defs(factory: Callable[[], nnx.Module],
+               trainable: tuple[str, ...] = DEFAULT_TRAINABLE
+               ) -> tuple[ModelDef, PyTree, PyTree]:
+  """Abstract model -> (graphdefs for train/eval, abstract params, the
+  abstract non-trainable variables), the latter two as pure dicts."""
+  trainable = tuple(trainable)
   abstract = nnx.eval_shape(factory)
   abstract.train()
-  g_train, params, stats = split_model(abstract)
+  g_train, params, stats = split_model(abstract, trainable)
   abstract.eval()
-  g_eval, _, _ = split_model(abstract)
-  return ModelDef(g_train, g_eval), params, stats
+  g_eval, _, _ = split_model(abstract, trainable)
+  return ModelDef(g_train, g_eval, trainable), params, stats
 
 
 def init_state(factory: Callable[[], nnx.Module], tx: optax.GradientTransformation,
                weighting: Any, task_names: list[str], mesh: Mesh,
-               rules=()) -> tuple[ModelDef, State, State]:
+               rules=(), trainable: tuple[str, ...] = DEFAULT_TRAINABLE
+               ) -> tuple[ModelDef, State, State]:
   """Builds the sharded train state; returns (model defs, state, shardings).
 
   ``rules`` is ``config.sharding`` (strategy, rules, min_size) or a bare
-  (regex, spec) rule table.
+  (regex, spec) rule table; ``trainable`` is ``config.model.trainable``.
   """
-  defs, abs_params, abs_stats = model_defs(factory)
+  defs, abs_params, abs_stats = model_defs(factory, trainable)
 
   def init():
-    _, params, stats = split_model(factory())
+    _, params, stats = split_model(factory(), defs.trainable)
     wparams, wstate = weighting.init(task_names)
     opt = tx.init({"model": params, "weighting": wparams})
     return {"step": jnp.zeros((), jnp.int32), "params": params,

@@ -19,6 +19,7 @@ import dataclasses
 from typing import Mapping, Sequence
 
 import jax
+import jax.numpy as jnp
 
 Losses = Mapping[str, jax.Array]
 
@@ -43,3 +44,37 @@ class Weighting:
                step: jax.Array) -> tuple[jax.Array, dict, dict[str, jax.Array]]:
     """Returns (total loss, new state, effective weight per task)."""
     raise NotImplementedError
+
+
+@dataclasses.dataclass(frozen=True)
+class EpochStatistics:
+  """Per-task loss means over whole epochs, kept inside the weighting state.
+
+  For schemes defined on epoch-level statistics (MT-CP's released LPS takes
+  the ratio of epoch-mean losses): the train step calls the weighting every
+  step, so a weighting holds one of these, keeps its dict in its ``state``
+  (``init`` under a key of its choice) and calls ``update`` with the step's
+  losses. After every ``steps_per_epoch`` calls, ``mean`` holds that epoch's
+  per-task mean (stop-gradient) and ``epochs`` counts completed epochs;
+  the running sums restart. Pure jnp, so it runs in the jitted step, is
+  checkpointed with the state and resumes exactly. steps_per_epoch is
+  ``ceil(num_train / global batch)`` for one pass over the data.
+  """
+
+  steps_per_epoch: int
+
+  def init(self, task_names: Sequence[str]) -> dict:
+    zeros = {t: jnp.zeros((), jnp.float32) for t in task_names}
+    return {"sum": dict(zeros), "mean": dict(zeros),
+            "n": jnp.zeros((), jnp.int32), "epochs": jnp.zeros((), jnp.int32)}
+
+  def update(self, stats: dict, losses: Losses) -> dict:
+    n = stats["n"] + 1
+    total = {t: stats["sum"][t] + jax.lax.stop_gradient(losses[t])
+             for t in stats["sum"]}
+    end = n >= self.steps_per_epoch
+    mean = {t: jnp.where(end, total[t] / n, stats["mean"][t])
+            for t in total}
+    return {"sum": {t: jnp.where(end, 0.0, v) for t, v in total.items()},
+            "mean": mean, "n": jnp.where(end, 0, n),
+            "epochs": stats["epochs"] + end.astype(jnp.int32)}
