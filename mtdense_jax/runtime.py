@@ -105,6 +105,7 @@ def help_and_exit_if_asked(argv, doc: str | None) -> None:
 class _Stop:
   """The signal that asked the running loop to stop, if any."""
   name: str | None = None
+  active = False   # handlers installed (nested runs, e.g. stages, share them)
 
 
 def stop_requested() -> str | None:
@@ -122,7 +123,8 @@ def stop_on_signals(fn: Callable) -> Callable:
   """
   @functools.wraps(fn)
   def run(*args, **kwargs):
-    if threading.current_thread() is not threading.main_thread():
+    if (_Stop.active or
+        threading.current_thread() is not threading.main_thread()):
       return fn(*args, **kwargs)   # signal handlers live in the main thread
 
     def handler(signum, frame):
@@ -137,11 +139,11 @@ def stop_on_signals(fn: Callable) -> Callable:
 
     old = {s: signal.signal(s, handler)
            for s in (signal.SIGTERM, signal.SIGINT)}
-    _Stop.name = None
+    _Stop.name, _Stop.active = None, True
     try:
       return fn(*args, **kwargs)
     finally:
       for s, h in old.items():
         signal.signal(s, h)
-      _Stop.name = None
+      _Stop.name, _Stop.active = None, False
   return run

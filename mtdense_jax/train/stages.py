@@ -24,6 +24,7 @@ from __future__ import annotations
 import pathlib
 from typing import Any, Callable, Mapping
 
+from mtdense_jax import runtime
 from mtdense_jax.train import checkpointing as ckpt
 from mtdense_jax.train import partial_restore
 
@@ -88,6 +89,8 @@ def run(config, workdir: str | pathlib.Path,
     print(f"Stage {i + 1}/{len(names)} {stage['name']!r} in {sdir}",
           flush=True)
     metrics = train_fn(cfg, str(sdir))
+    if runtime.stop_requested():   # preempted mid-stage: rerun resumes it
+      break
   return metrics
 
 
