@@ -39,7 +39,7 @@ class ToyDecoder(nnx.Module):
 
   def __call__(self, feats, *, rngs: nnx.Rngs | None = None):
     del rngs
-    x = feats[-1]
+    x = feats["maps"][-1]
     final = {t: _up(h(x), self.img_size).astype(jnp.float32)
              for t, h in self.heads.items()}
     aux = {t: _up(h(x), self.img_size).astype(jnp.float32)

@@ -18,11 +18,12 @@ class ToyEncoder(nnx.Module):
     self.block = nnx.Conv(dim, dim, (3, 3), padding=1, dtype=dtype,
                           rngs=rngs)
     self.out_channels = (dim,)
+    self.out_strides = (4,)
 
   def __call__(self, image: jax.Array, *, rngs: nnx.Rngs | None = None):
     del rngs
     x = jax.nn.relu(self.embed(image))
-    return [x + jax.nn.relu(self.block(x))]
+    return {"maps": [x + jax.nn.relu(self.block(x))]}
 
 
 def build(variant: str, *, img_size: tuple[int, int], rngs: nnx.Rngs,
