@@ -91,7 +91,8 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
   c.data.image_size = (448, 576)
   invpt_recipe(c, arg.backbone, arg.init)
   c.weighting.name = "fixed"
-  c.weighting.kw = mlc.ConfigDict(dict(preset="invpt_nyud"))
+  # InvPT loss_kwargs.loss_weights (configs/*.yml @ 870c6be).
+  c.weighting.kw = mlc.ConfigDict(dict(weights=dict(semseg=1.0, depth=1.0, normals=10.0, edge=50.0)))
   if arg.runlocal:
     runlocal(c)
   return c

@@ -49,7 +49,9 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
   c.data.image_size = (512, 512)
   nyud.invpt_recipe(c, arg.backbone, arg.init)
   c.weighting.name = "fixed"
-  c.weighting.kw = mlc.ConfigDict(dict(preset="invpt_pascal"))
+  # InvPT loss_kwargs.loss_weights (configs/*.yml @ 870c6be).
+  c.weighting.kw = mlc.ConfigDict(dict(weights=dict(semseg=1.0, human_parts=2.0, sal=5.0, normals=10.0,
+                     edge=50.0)))
   if arg.runlocal:
     nyud.runlocal(c)
   return c

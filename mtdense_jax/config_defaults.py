@@ -50,7 +50,7 @@ def base_config() -> mlc.ConfigDict:
   """Every key an experiment may set, with defaults (configs override)."""
   c = mlc.ConfigDict()
   c.seed = 0
-  c.tasks = ("semseg", "depth", "normals", "edge")
+  c.tasks = ()   # task plugin names (every config names its own)
   c.task_kw = mlc.ConfigDict()          # {task: {field: value}}
   c.init_checkpoint = ""                # params-only checkpoint dir
   # Restore only some arrays of init_checkpoint (regexes on 'params/...',

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pathlib
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -93,13 +94,18 @@ def test_fixed_applies_weights_once():
     fixed.Weighting(weights={"depth": 2.0}, base_weights={"depth": 2.0})
 
 
-def test_fixed_invpt_presets():
-  nyud = fixed.Weighting(preset="invpt_nyud", weights={"edge": 5.0})
-  assert nyud.base_weights == {"semseg": 1.0, "depth": 1.0, "normals": 10.0,
-                               "edge": 5.0}
-  pascal = fixed.Weighting(preset="invpt_pascal")
-  assert pascal.base_weights["human_parts"] == 2.0
-  assert pascal.base_weights["sal"] == 5.0
+def test_invpt_configs_carry_the_reference_weights():
+  """The recipes' weights are config data (InvPT configs/*.yml)."""
+  from mtdense_jax import config_check  # pylint: disable=g-import-not-at-top
+  root = pathlib.Path(__file__).resolve().parents[1]
+  nyud = config_check.load_config_file(str(root / "configs/nyud_invpt.py"))
+  pascal = config_check.load_config_file(
+      str(root / "configs/pascal_invpt.py"))
+  assert fixed.Weighting(**nyud.weighting.kw).base_weights == {
+      "semseg": 1.0, "depth": 1.0, "normals": 10.0, "edge": 50.0}
+  assert fixed.Weighting(**pascal.weighting.kw).base_weights == {
+      "semseg": 1.0, "human_parts": 2.0, "sal": 5.0, "normals": 10.0,
+      "edge": 50.0}
 
 
 # --- uncertainty -----------------------------------------------------------

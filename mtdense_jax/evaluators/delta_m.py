@@ -8,9 +8,9 @@ PyTorch@ed3d9ac evaluation/evaluate_utils.py
 
 s_t = +1 if higher is better, -1 otherwise, T = the number of tasks in the
 multi-task dict. A FRACTION (papers print x100). The reference hard-codes the
-metric per task (``MTL_PYTORCH_DIRECTIONS``; note saliency enters through
-mIoU, not maxF); ``directions_from_tasks`` derives them from Task objects
-instead (../shared/notes/methods.md d.7).
+metric per task (saliency enters through mIoU, not maxF; the table is in
+tests/test_delta_m.py); ``directions_from_tasks`` derives them from the Task
+objects' declared metrics instead (../shared/notes/methods.md d.7).
 """
 
 from __future__ import annotations
@@ -19,17 +19,6 @@ from typing import Iterable, Mapping
 
 Metrics = Mapping[str, Mapping[str, float]]
 Directions = Mapping[str, tuple[str, bool]]
-
-# The reference's fixed table: task -> (metric, higher_is_better).
-MTL_PYTORCH_DIRECTIONS: dict[str, tuple[str, bool]] = {
-    "semseg": ("mIoU", True),
-    "human_parts": ("mIoU", True),
-    "sal": ("mIoU", True),
-    "edge": ("odsF", True),
-    "depth": ("rmse", False),
-    "normals": ("mean", False),
-}
-
 
 def delta_m(mtl_metrics: Metrics, stl_metrics: Metrics,
             directions: Directions) -> float:
