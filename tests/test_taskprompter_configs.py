@@ -92,7 +92,8 @@ def _nhwc(x):
 @pytest.mark.parametrize("db", sorted(GOLDEN_OF))
 def test_losses_golden(db, golden):
   """Per-task losses and the weighted total, as the trainer computes them
-  (config tasks + task_kw + weighting, step.task_losses)."""
+  (config tasks + task_kw + weighting, step.loss_terms and step.objective,
+  the one place the total is built)."""
   npz, meta = golden("taskprompter_losses")
   cfg = load(db)
   tasks = loop.build_tasks(cfg, {"num_classes": NUM_CLASSES})
@@ -102,13 +103,19 @@ def test_losses_golden(db, golden):
                      for t in tasks}}
   batch = {t: jnp.asarray(_nhwc(npz[inputs[f"label/{t}"]]).astype(
       tasks[t].label_dtype)) for t in tasks}
-  losses = jax.jit(lambda p, b: step_lib.task_losses(
-      tasks, p, b, cfg.loss.aux_weight))(preds, batch)
+  loss_cfg = step_lib.LossConfig.from_config(cfg.loss)
+  weighting = loop.build_weighting(cfg)
+
+  def total_fn(p, b):
+    terms = step_lib.loss_terms(tasks, p, b, loss_cfg)
+    total, seen, _, _ = step_lib.objective(
+        terms, weighting, {}, {}, jnp.zeros((), jnp.int32), loss_cfg)
+    return total, seen
+
+  total, losses = jax.jit(total_fn)(preds, batch)
   for t in tasks:
     np.testing.assert_allclose(losses[t], npz[outputs[t]["key"]], rtol=1e-5,
                                err_msg=f"{db}/{t}")
-  weighting = loop.build_weighting(cfg)
-  total, _, _ = weighting({}, {}, losses, jnp.zeros((), jnp.int32))
   np.testing.assert_allclose(total, npz[outputs["total"]["key"]], rtol=1e-5)
   if db == "nyud":   # Depth ignores -1 only: 255 is a valid depth.
     for name in ("depth", "depth_255_is_valid"):
