@@ -8,16 +8,14 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from mtdense_jax import registry
 from mtdense_jax.train import checkpointing as ckpt
-from mtdense_jax.train import loop
-from mtdense_jax.train import sharding as shd
 from mtdense_jax.train import state as state_lib
 from mtdense_jax.train import step as step_lib
 from tests import test_train
+from tests import train_testing
 
 ENC_LR, DEC_LR = 1e-2, 1e-3
 
@@ -50,39 +48,17 @@ def _host(tree):
   return jax.tree.map(lambda x: np.array(x, copy=True), jax.device_get(tree))
 
 
-def _setup(cfg):
-  exp = loop.setup(cfg)
-  defs, state, shardings = state_lib.init_state(
-      exp.factory, exp.tx, exp.weighting, list(exp.tasks), exp.mesh,
-      cfg.get("sharding"), loop.trainable(cfg))
-  return exp, defs, state, shardings
-
-
-def _steps(exp, defs, shardings, state, n, seed=0):
-  from mtdense_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-  it = pipeline.make_train_iter(exp.config.data, list(exp.tasks),
-                                global_batch_size=exp.config.train.batch_size,
-                                seed=seed)
-  fn = loop.compile_train_step(exp, defs, shardings)
-  acc = jax.device_put(step_lib.zero_acc(exp.tasks), shd.replicated(exp.mesh))
-  history = []
-  for _ in range(n):
-    state, metrics, acc = fn(state, shd.global_batch(next(it), exp.mesh), acc)
-    history.append({k: float(v) for k, v in jax.device_get(metrics).items()})
-  return state, history
-
-
 def test_groups_freeze_collection_and_model_loss(data_dir):
   cfg = toy_config(data_dir)
-  exp, defs, state, shardings = _setup(cfg)
+  exp, defs, state, shardings = train_testing.setup_state(cfg)
   # Pure arrays, the teacher collection carried untrained.
   assert all(isinstance(x, jax.Array) for x in jax.tree.leaves(state))
   assert "teacher" in state["batch_stats"]["decoder"]
   assert "teacher" not in state["params"]["decoder"]
   init = _host(state)
-  state, hist1 = _steps(exp, defs, shardings, state, 1)
+  state, hist1 = train_testing.steps(exp, defs, shardings, state, 1, seed=0)
   one = _host(state)
-  state, hist = _steps(exp, defs, shardings, state, 4, seed=1)
+  state, hist = train_testing.steps(exp, defs, shardings, state, 4, seed=1)
   five = _host(state)
 
   # Bit-identical after 5 steps: the collection and the frozen-by-rule head.
@@ -167,8 +143,8 @@ def test_old_layout_checkpoint_restores(data_dir, tmp_path):
   it held pure arrays) restores into the pure-array state, params-only and
   in full (optimizer moments included)."""
   cfg = toy_config(data_dir)
-  exp, defs, state, shardings = _setup(cfg)
-  state, _ = _steps(exp, defs, shardings, state, 1)
+  exp, defs, state, shardings = train_testing.setup_state(cfg)
+  state, _ = train_testing.steps(exp, defs, shardings, state, 1, seed=0)
   new = _host(state)
 
   def wrap(tree, cls):

@@ -46,7 +46,7 @@ def data_dir(tmp_path_factory):
 
 @pytest.mark.slow   # ~2 min on 2 busy cores: 3 two-stage runs.
 def test_two_stages_killed_in_stage_two_resume_exactly(data_dir, tmp_path,
-                                                       monkeypatch, capsys):
+                                                       capsys):
   cfg = two_stage_config(data_dir)
   loop.train_and_evaluate(cfg, str(tmp_path / "straight"))
   out = capsys.readouterr().out
@@ -61,21 +61,8 @@ def test_two_stages_killed_in_stage_two_resume_exactly(data_dir, tmp_path,
     np.testing.assert_array_equal(enc1["embed"][k], enc0["embed"][k])
     assert not np.array_equal(enc1["block"][k], enc0["block"][k])
 
-  real = loop.compile_train_step
-
-  def crashing(*args, **kwargs):
-    fn = real(*args, **kwargs)
-
-    def wrapped(state, batch, acc):
-      if int(jax.device_get(state["step"])) == 3:
-        raise KeyboardInterrupt("simulated kill at step 3 of stage 2")
-      return fn(state, batch, acc)
-    return wrapped
-
-  monkeypatch.setattr(loop, "compile_train_step", crashing)
-  with pytest.raises(KeyboardInterrupt):
+  with pytest.raises(KeyboardInterrupt), train_testing.killed_at(3):
     loop.train_and_evaluate(cfg, str(tmp_path / "crashed"))
-  monkeypatch.setattr(loop, "compile_train_step", real)
   capsys.readouterr()
   loop.train_and_evaluate(cfg, str(tmp_path / "crashed"))
   assert "Stage 'pre' complete (step 2); skipping." in capsys.readouterr().out

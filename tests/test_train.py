@@ -73,27 +73,12 @@ def test_train_eval_checkpoint_and_resume(data_dir, tmp_path, capsys):
   assert "Resumed" in out and "step 1/" not in out
 
 
-def test_crash_and_resume_is_exact(data_dir, tmp_path, monkeypatch):
+def test_crash_and_resume_is_exact(data_dir, tmp_path):
   cfg = tiny_config(data_dir, steps=6, eval_every=100)
   loop.train_and_evaluate(cfg, str(tmp_path / "straight"))
 
-  real = loop.compile_train_step
-
-  def crashing(*args, **kwargs):
-    fn = real(*args, **kwargs)
-    calls = {"n": 0}
-
-    def wrapped(state, batch, acc):
-      calls["n"] += 1
-      if int(jax.device_get(state["step"])) == 5:
-        raise KeyboardInterrupt("simulated kill at step 5")
-      return fn(state, batch, acc)
-    return wrapped
-
-  monkeypatch.setattr(loop, "compile_train_step", crashing)
-  with pytest.raises(KeyboardInterrupt):
+  with pytest.raises(KeyboardInterrupt), train_testing.killed_at(5):
     loop.train_and_evaluate(cfg, str(tmp_path / "crashed"))
-  monkeypatch.setattr(loop, "compile_train_step", real)
   loop.train_and_evaluate(cfg, str(tmp_path / "crashed"))
 
   a, step_a = _params(tmp_path / "straight", cfg)
