@@ -147,3 +147,12 @@ def stop_on_signals(fn: Callable) -> Callable:
         signal.signal(s, h)
       _Stop.name, _Stop.active = None, False
   return run
+
+
+def parse_counts(spec: str) -> dict[str, int]:
+  """A CLI 'name=n,...' list (head sizes, class counts) -> {name: n}."""
+  out = {}
+  for item in filter(None, spec.split(",")):
+    name, _, n = item.partition("=")
+    out[name.strip()] = int(n)
+  return out

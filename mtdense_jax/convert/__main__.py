@@ -33,19 +33,11 @@ from flax import nnx
 
 from mtdense_jax import config_check
 from mtdense_jax import registry
+from mtdense_jax import runtime
 from mtdense_jax.convert import torch_utils
 from mtdense_jax.models import multitask
 
 Converter = Callable[..., nnx.Module]
-
-
-def parse_task_outputs(spec: str) -> dict[str, int]:
-  """'semseg=40,depth=1' -> {'semseg': 40, 'depth': 1}."""
-  out = {}
-  for item in filter(None, spec.split(",")):
-    name, _, n = item.partition("=")
-    out[name.strip()] = int(n)
-  return out
 
 
 def converters(model_cfg: Mapping[str, Any]) -> dict[str, Converter]:
@@ -201,7 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   config = config_check.load_config_file(args.config)
   info = {}
   model = convert(args.source, args.input, config,
-                  task_outputs=parse_task_outputs(args.task_outputs) or None,
+                  task_outputs=runtime.parse_counts(args.task_outputs) or None,
                   info=info)
   save_params(args.out, model, meta={**info, "converted_from": args.source,
                                      "input": str(args.input),

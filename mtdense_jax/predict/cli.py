@@ -54,14 +54,6 @@ def write_outputs(predictor, out: pathlib.Path,
   return written
 
 
-def _num_classes_arg(spec: str) -> dict[str, int]:
-  out = {}
-  for item in filter(None, spec.split(",")):
-    name, _, n = item.partition("=")
-    out[name.strip()] = int(n)
-  return out
-
-
 def _parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       prog="python -m mtdense_jax.predict",
@@ -106,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
       _fail(f"{args.workdir}/config.json not found: is it a training "
             "workdir? Otherwise use --checkpoint DIR --config configs/x.py.")
   try:
-    num_classes = _num_classes_arg(args.num_classes) or None
+    num_classes = runtime.parse_counts(args.num_classes) or None
   except ValueError:
     parser.error(f"--num-classes {args.num_classes!r}: expected "
                  "task=N[,task=N]")
