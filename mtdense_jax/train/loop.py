@@ -261,7 +261,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
     # Inference needs the head sizes without the dataset being present.
     (workdir / "dataset_meta.json").write_text(
-        json.dumps(exp.meta, indent=2, default=str))
+        json.dumps(meta["dataset_meta"], indent=2))
 
   train_fn = compile_train_step(exp, defs, shardings)
   eval_fn = compile_eval_step(exp, defs, shardings)
@@ -305,7 +305,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
       if tcfg.get("keep_best_metric"):
         ckpt.keep_best(workdir / "best", step, state, metrics,
                        tcfg.keep_best_metric, tcfg.keep_best_mode,
-                       meta={"dataset_meta": _json(exp.meta)})
+                       meta={"dataset_meta": meta["dataset_meta"]})
     if runtime.stop_requested():
       if saver.last_saved != step:
         saver.assert_finite(state, step)
@@ -314,9 +314,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
       print(f"Stopped by {runtime.stop_requested()} at step {step}; "
             f"checkpoint saved in {workdir / 'checkpoints'}. Run the same "
             "command again to resume.", flush=True)
-      saver.close()
-      writer.close()
-      return metrics
+      break
   if start >= tcfg.steps:
     print(f"Already trained to step {start}; evaluating.", flush=True)
     metrics = evaluate(exp, eval_fn, state["params"], state["batch_stats"],
@@ -324,7 +322,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     writer.evaluation(start, metrics)
   saver.close()
   writer.close()
-  report.say(report.end_summary(workdir, max(start, tcfg.steps), metrics))
+  if not runtime.stop_requested():
+    report.say(report.end_summary(workdir, max(start, tcfg.steps), metrics))
   return metrics
 
 

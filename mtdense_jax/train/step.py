@@ -112,18 +112,16 @@ def _sum_terms(a, b):
 def train_step(state: state_lib.State, batch: Batch, acc: dict, *,
                defs: state_lib.ModelDef, tasks: Tasks, weighting: Any,
                tx: optax.GradientTransformation,
-               loss_cfg: LossConfig | float = 1.0,
+               loss_cfg: LossConfig = LossConfig(),
                rng: jax.Array, grad_accum: int = 1
                ) -> tuple[state_lib.State, dict, dict]:
   """One optimizer step. `acc` accumulates per-task loss sums between logs
   (a NaN anywhere in the interval stays NaN, so the loop cannot miss one).
 
-  ``loss_cfg``: a `LossConfig` (or a bare aux weight). ``grad_accum`` = k > 1
+  ``loss_cfg``: how the total is built (`objective`). ``grad_accum`` = k > 1
   splits the batch into k micro-batches (see `_accumulated_grads`); the
   optimizer still steps once.
   """
-  if not isinstance(loss_cfg, LossConfig):
-    loss_cfg = LossConfig(aux_weight=float(loss_cfg))
   step = state["step"]
   dropout = jax.random.fold_in(rng, step)
   trainable = {"model": state["params"], "weighting": state["wparams"]}
