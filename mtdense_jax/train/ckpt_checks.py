@@ -22,6 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from mtdense_jax.train import partial_restore
+
 
 class CheckpointError(RuntimeError):
   """A checkpoint cannot be written or read; the message names the
@@ -84,14 +86,6 @@ def check_writable(directory: str | pathlib.Path, step: int | None = None
         "the permissions, or pass another --workdir.") from e
 
 
-def _path_str(path) -> str:
-  keys = [str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k))))
-          for k in path]
-  if keys and keys[-1] == "value":   # nnx Variable leaves
-    keys = keys[:-1]
-  return "/".join(keys)
-
-
 @jax.jit
 def _all_finite(leaves: list[jax.Array]) -> jax.Array:
   # The float32 sum of squares is finite iff every element is finite and
@@ -111,7 +105,7 @@ def assert_finite(state: dict, step: int,
   if not flat:
     return
   ok = np.asarray(jax.device_get(_all_finite([x for _, x in flat])))
-  bad = [_path_str(p) for (p, _), good in zip(flat, ok) if not good]
+  bad = [partial_restore.path_str(p) for (p, _), good in zip(flat, ok) if not good]
   if bad:
     more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
     good = committed_steps(directory) if directory else []
@@ -168,7 +162,7 @@ def _unrestorable(directory, step: int, error: BaseException
 
 
 def _shapes(tree: Any) -> dict[str, tuple[tuple[int, ...], str]]:
-  return {_path_str(p): (tuple(x.shape), str(np.dtype(x.dtype)))
+  return {partial_restore.path_str(p): (tuple(x.shape), str(np.dtype(x.dtype)))
           for p, x in jax.tree_util.tree_leaves_with_path(tree)
           if hasattr(x, "shape")}
 
