@@ -56,20 +56,6 @@ def _ours(img_size, sd, **kw):
       swin.from_timm, sd)
 
 
-def _sd(m):
-  return {k: v.detach().numpy() for k, v in m.state_dict().items()}
-
-
-def _check(ours, ref):
-  assert sorted(ours) == [4, 8, 16, 32]
-  for (stride, got), want in zip(sorted(ours.items()), ref):
-    got = np.asarray(got)
-    assert got.shape == want.shape, stride
-    err = np.abs(got - want).max() / np.abs(want).max()
-    print(f"stride {stride}: max |err| / max |ref| = {err:.1e}")
-    assert err < RTOL, f"stride {stride}: relative error {err:.2e}"
-
-
 @pytest.mark.parametrize("img_size", [
     (64, 64),    # every window full; stage 3 window clipped to 2x2
     (64, 96),    # non-square: stage 2 pads 6 -> 8 and shifts, 2x3 windows
@@ -78,14 +64,16 @@ def _check(ours, ref):
 def test_parity_with_timm(img_size):
   _, m = _timm(img_size)
   x = np.random.RandomState(0).randn(2, *img_size, 3).astype(np.float32)
-  _check(upstream.run(_ours(img_size, _sd(m)), x), _timm_stages(m, x))
+  ours = upstream.run(_ours(img_size, upstream.state_dict(m)), x)
+  upstream.assert_stages_close(ours, _timm_stages(m, x), RTOL)
 
 
 def test_always_partition_pads_instead_of_clipping():
   _, m = _timm((32, 48), always_partition=True)
   x = np.random.RandomState(1).randn(1, 32, 48, 3).astype(np.float32)
-  ours = _ours((32, 48), _sd(m), always_partition=True)
-  _check(upstream.run(ours, x), _timm_stages(m, x))
+  ours = _ours((32, 48), upstream.state_dict(m), always_partition=True)
+  upstream.assert_stages_close(upstream.run(ours, x), _timm_stages(m, x),
+                               RTOL)
 
 
 def test_bias_tables_resized_like_timm():
@@ -94,19 +82,20 @@ def test_bias_tables_resized_like_timm():
   resizes the tables, and so does our converter."""
   import torch  # pylint: disable=g-import-not-at-top
   st, big = _timm((128, 128))
-  sd = _sd(big)
+  sd = upstream.state_dict(big)
   _, small = _timm((64, 96))
   small.load_state_dict(st.checkpoint_filter_fn(
       {k: torch.from_numpy(v) for k, v in sd.items()}, small), strict=False)
   key = "layers.3.blocks.0.attn.relative_position_bias_table"
-  assert sd[key].shape != _sd(small)[key].shape
+  assert sd[key].shape != upstream.state_dict(small)[key].shape
   x = np.random.RandomState(2).randn(1, 64, 96, 3).astype(np.float32)
-  _check(upstream.run(_ours((64, 96), sd), x), _timm_stages(small, x))
+  upstream.assert_stages_close(upstream.run(_ours((64, 96), sd), x),
+                               _timm_stages(small, x), RTOL)
 
 
 def test_original_release_layout_is_renumbered():
   _, m = _timm((32, 32))
-  sd = _sd(m)
+  sd = upstream.state_dict(m)
   old = {}
   for k, v in sd.items():   # Microsoft's release: merge at the stage END.
     k = k.replace("layers.1.downsample", "layers.0.downsample")
@@ -121,7 +110,7 @@ def test_original_release_layout_is_renumbered():
 
 def test_converter_names_missing_keys():
   _, m = _timm((32, 32))
-  sd = _sd(m)
+  sd = upstream.state_dict(m)
   del sd["layers.2.blocks.1.mlp.fc1.weight"]
   with pytest.raises(torch_utils.ConversionError,
                      match=r"layers\.2\.blocks\.1\.mlp\.fc1\.weight"):

@@ -46,16 +46,6 @@ def _ours(sd, window, **kw):
       swin_v2.from_torchvision, sd)
 
 
-def _check(ours, ref):
-  assert sorted(ours) == [4, 8, 16, 32]
-  for (stride, got), want in zip(sorted(ours.items()), ref):
-    got = np.asarray(got)
-    assert got.shape == want.shape, stride
-    err = np.abs(got - want).max() / np.abs(want).max()
-    print(f"stride {stride}: max |err| / max |ref| = {err:.1e}")
-    assert err < RTOL, f"stride {stride}: relative error {err:.2e}"
-
-
 def _timm_to_torchvision(sd):
   out = {}
   for k, v in sd.items():
@@ -94,7 +84,8 @@ def test_parity_with_timm_swin_v2(img_size):
     ref[-1] = m.norm(ref[-1])
   sd = _timm_to_torchvision(
       {k: v.numpy() for k, v in m.state_dict().items()})
-  _check(upstream.run(_ours(sd, 2), x), [r.numpy() for r in ref])
+  upstream.assert_stages_close(upstream.run(_ours(sd, 2), x),
+                               [r.numpy() for r in ref], RTOL)
 
 
 # ------------------------------------- independent torch reference (labelled)
@@ -227,7 +218,8 @@ def test_parity_with_torchvision_algorithm_where_windows_pad(img_size):
         outs.append(y)
     outs[-1] = ref.norm(outs[-1])
   sd = {k: v.numpy() for k, v in ref.state_dict().items()}
-  _check(upstream.run(_ours(sd, 4), x), [o.numpy() for o in outs])
+  upstream.assert_stages_close(upstream.run(_ours(sd, 4), x),
+                               [o.numpy() for o in outs], RTOL)
 
 
 def test_key_bias_is_ignored_like_torchvision():

@@ -75,3 +75,21 @@ def run(model, x):
   """One jitted forward (one compile instead of op-by-op dispatch)."""
   from flax import nnx  # pylint: disable=g-import-not-at-top
   return nnx.jit(lambda m, a: m(a))(model, x)
+
+
+def state_dict(module) -> dict:
+  """A torch module's state_dict as numpy arrays (the converters' input)."""
+  return {k: v.detach().numpy() for k, v in module.state_dict().items()}
+
+
+def assert_stages_close(ours, ref, rtol: float) -> None:
+  """Our {stride: map} against the reference's stage outputs (in stride
+  order): same shapes, max |err| / max |ref| below `rtol` per stage."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  assert sorted(ours) == [4, 8, 16, 32]
+  for (stride, got), want in zip(sorted(ours.items()), ref):
+    got = np.asarray(got)
+    assert got.shape == want.shape, stride
+    err = np.abs(got - want).max() / np.abs(want).max()
+    print(f"stride {stride}: max |err| / max |ref| = {err:.1e}")
+    assert err < rtol, f"stride {stride}: relative error {err:.2e}"
