@@ -15,7 +15,9 @@ Args (``configs/synthetic_baseline.py:arg=value,...``):
   encoder: "vit" (a 6-block ViT) or a Swin "swin_t|s|b|l" (all four stages,
     two blocks each; the decoder resizes its stride-4..32 maps to stride 16)
     or "hrnet" (W18-small-v2's four branches; sizes must be multiples of 32,
-    so runlocal pads its 32x48 scenes to 32x64).
+    so runlocal pads its 32x48 scenes to 32x64) or a Mask2Former
+    "mask2former_swin_s|tiny" (the baseline decoder reads its pixel
+    embeddings and multi-scale maps).
   variant: ViT variant (Ti/16, S/16, B/16, L/16); ignored for Swin.
   steps: training steps.
   runlocal: a seconds-long smoke run (tiny images, few steps).
@@ -48,8 +50,13 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
     c.model.encoder = "hrnet"
     c.model.variant = "W18-small-v2"
     c.model.encoder_kw = mlc.ConfigDict()
+  elif arg.encoder.startswith("mask2former_"):
+    c.model.encoder = "mask2former"
+    c.model.variant = arg.encoder[len("mask2former_"):]
+    c.model.encoder_kw = mlc.ConfigDict()
   elif arg.encoder != "vit":
-    raise ValueError(f"encoder={arg.encoder!r}; vit, swin_t|s|b|l or hrnet")
+    raise ValueError(f"encoder={arg.encoder!r}; vit, swin_t|s|b|l, hrnet or "
+                     "mask2former_swin_s|tiny")
   c.model.decoder = "baseline"
   c.model.decoder_kw = mlc.ConfigDict(dict(dim=96))
 
@@ -77,6 +84,8 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
       c.model.encoder_kw = mlc.ConfigDict(dict(
           embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 1, 2, 2),
           window_size=4))
+    if c.model.encoder == "mask2former":
+      c.model.encoder_kw = mlc.ConfigDict()
     if arg.encoder == "hrnet":
       c.data.image_size = (32, 64)
       c.model.encoder_kw = mlc.ConfigDict(dict(
