@@ -122,15 +122,6 @@ def test_parity_with_hf(img_size):
       (-(-img_size[0] // s), -(-img_size[1] // s)) for s in (4, 8, 16, 32)]
 
 
-def test_backbone_matches_hf_swin_backbone():
-  _, sd = _hf()
-  x = np.random.RandomState(1).randn(1, 72, 104, 3).astype(np.float32)
-  want = _hf_outputs(x)["backbone"]
-  model = _ours((72, 104), sd)
-  got = upstream.run(model.backbone, x)
-  upstream.assert_stages_close(got, want, RTOL)
-
-
 def _published_names(sd: dict) -> dict:
   """transformers 5 names -> those of the published checkpoints (no
   ``swin.`` level, ``attention.self.query``, ``output.dense``...), and
@@ -251,19 +242,56 @@ def test_config_errors_and_spec():
   assert len(model.transformer.layers) == 9   # decoder_layers=10 counts
   assert len(model.pixel_decoder.encoder) == 6   # the query-only prediction
   assert set(mask2former.CONVERTERS) == {"hf"}
+  from mtdense_jax.convert import __main__ as convert_cli  # pylint: disable=g-import-not-at-top
+  assert convert_cli.find_converter("hf", dict(
+      encoder="mask2former", decoder="baseline")) is (
+          mask2former.CONVERTERS["hf"])
 
 
+def _random_model(**kw):
+  """The tiny model at 32x32 with random weights, built abstractly."""
+  m = nnx.eval_shape(lambda: mask2former.build(
+      "tiny", img_size=(32, 32), rngs=nnx.Rngs(0), decoder_layers=2, **kw))
+  rs = np.random.RandomState(0)
+  flat = [(p, v.replace(np.asarray(0.2 * rs.randn(*v.shape), np.float32)))
+          for p, v in nnx.to_flat_state(nnx.state(m))]
+  nnx.update(m, nnx.from_flat_state(flat))
+  return m
+
+
+def test_swin_s_has_the_sizes_of_hf_swin_small_ade():
+  """VARIANTS["swin_s"] + 150 labels has exactly the parameters of HF's
+  Mask2Former at its config defaults with a Swin-S backbone (what
+  facebook/mask2former-swin-small-ade-semantic is), less the backbone's
+  final layernorm, which transformers 5 adds and SwinBackbone never uses
+  (the published checkpoint lacks it)."""
+  torch = pytest.importorskip("torch")
+  transformers = pytest.importorskip("transformers")
+  v = mask2former.VARIANTS["swin_s"]
+  backbone = transformers.SwinConfig(
+      embed_dim=v["embed_dim"], depths=list(v["depths"]),
+      num_heads=list(v["num_heads"]), window_size=v["window_size"],
+      out_features=["stage1", "stage2", "stage3", "stage4"])
+  cfg = transformers.Mask2FormerConfig(backbone_config=backbone,
+                                       num_labels=150)
+  for key in ("feature_size", "mask_feature_size", "hidden_dim",
+              "encoder_layers", "decoder_layers", "num_attention_heads",
+              "dim_feedforward", "encoder_feedforward_dim", "num_queries"):
+    assert getattr(cfg, key) == v[key], key
+  with torch.device("meta"):
+    hf = transformers.Mask2FormerForUniversalSegmentation(cfg)
+  want = sum(p.numel() for n, p in hf.named_parameters()
+             if ".swin.layernorm." not in n)
+  ours = nnx.eval_shape(lambda: mask2former.build(
+      "swin_s", img_size=(64, 64), rngs=nnx.Rngs(0), num_labels=150))
+  got = sum(int(np.prod(x.shape))
+            for _, x in nnx.to_flat_state(nnx.state(ours, nnx.Param)))
+  assert got == want
+
+
+@pytest.mark.slow   # two gradient and two forward compiles: ~1 min.
 def test_remat_keeps_gradients_and_bf16_stays_close():
-  x = jnp.asarray(np.random.RandomState(3).randn(1, 64, 64, 3), jnp.float32)
-
-  def model(**kw):
-    m = nnx.eval_shape(lambda: mask2former.build(
-        "tiny", img_size=(64, 64), rngs=nnx.Rngs(0), **kw))
-    rs = np.random.RandomState(0)
-    flat = [(p, v.replace(np.asarray(0.2 * rs.randn(*v.shape), np.float32)))
-            for p, v in nnx.to_flat_state(nnx.state(m))]
-    nnx.update(m, nnx.from_flat_state(flat))
-    return m
+  x = jnp.asarray(np.random.RandomState(3).randn(1, 32, 32, 3), jnp.float32)
 
   def grads(m):
     def loss(mod):
@@ -272,13 +300,18 @@ def test_remat_keeps_gradients_and_bf16_stays_close():
               + jnp.sum(jnp.sin(f["masks_queries_logits"])))
     return nnx.jit(nnx.grad(loss))(m)
 
-  plain = nnx.to_flat_state(grads(model()))
-  remat = nnx.to_flat_state(grads(model(remat="block")))
+  plain = nnx.to_flat_state(grads(_random_model()))
+  remat = nnx.to_flat_state(grads(_random_model(remat="block")))
+  assert len(plain) == len(remat)
+  # Recomputation may reassociate sums: float32 noise relative to the
+  # gradients' scale (some leaves, e.g. biases before a GroupNorm, have
+  # gradients that are pure cancellation noise).
+  scale = max(np.abs(np.asarray(a[...])).max() for _, a in plain)
   for (path, a), (_, b) in zip(plain, remat):
-    np.testing.assert_allclose(np.asarray(b[...]), np.asarray(a[...]),
-                               rtol=1e-4, atol=1e-5, err_msg=str(path))
-  f32 = upstream.run(model(), x)
-  bf16 = upstream.run(model(dtype=jnp.bfloat16), x)
+    err = np.abs(np.asarray(a[...]) - np.asarray(b[...])).max()
+    assert err <= 1e-5 * scale, (path, err, scale)
+  f32 = upstream.run(_random_model(), x)
+  bf16 = upstream.run(_random_model(dtype=jnp.bfloat16), x)
   got = bf16["pixel_decoder_last_hidden_state"]
   want = np.asarray(f32["pixel_decoder_last_hidden_state"])
   assert got.dtype == jnp.bfloat16
