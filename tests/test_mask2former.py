@@ -68,7 +68,6 @@ def _hf_outputs(x: np.ndarray) -> dict[str, np.ndarray]:
             output_hidden_states=True)
   nhwc = lambda t: t.permute(0, 2, 3, 1).numpy()
   return {
-      "backbone": [nhwc(t) for t in out.encoder_hidden_states],
       "multi_scale": [nhwc(t) for t in out.pixel_decoder_hidden_states],
       "encoder_last_hidden_state": nhwc(out.encoder_last_hidden_state),
       "pixel_decoder_last_hidden_state": nhwc(

@@ -148,13 +148,16 @@ class MSDeformAttn(nnx.Module):
       raise ValueError(f"MSDeformAttn built for {lv} levels, got "
                        f"{len(shapes)} shapes")
     v = self.value_proj(value).reshape(b, value.shape[1], heads, -1)
-    off = self.sampling_offsets(query).reshape(b, q, heads, lv, pts, 2)
+    # Locations stay float32 under a bf16 compute dtype: bf16 cannot tell
+    # neighbouring pixels apart past ~256 (8-bit mantissa).
+    off = self.sampling_offsets(query).astype(jnp.float32).reshape(
+        b, q, heads, lv, pts, 2)
     logits = self.attention_weights(query).reshape(b, q, heads, lv * pts)
     attn = jax.nn.softmax(logits.astype(jnp.float32), -1).reshape(
         b, q, heads, lv, pts)
     norm = np.array([[w, h] for h, w in shapes], np.float32)
-    ref = jnp.broadcast_to(reference, (b, q, 2)).astype(off.dtype)
-    loc = (ref[:, :, None, None, None, :]
-           + off / norm[None, None, None, :, None, :].astype(off.dtype))
+    ref = jnp.broadcast_to(jnp.asarray(reference, jnp.float32), (b, q, 2))
+    loc = ref[:, :, None, None, None, :] + off / norm[None, None, None, :,
+                                                      None, :]
     out = multi_scale_deformable_attention(v, shapes, loc, attn)
     return self.output_proj(out)
