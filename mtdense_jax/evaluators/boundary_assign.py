@@ -398,18 +398,43 @@ def _csr(n_rows, rows, cols, costs):
 
 
 @numba.njit(cache=True)
-def _greedy(indptr, indices, cost, u, v, mate_l, mate_r):
-  """Row minima as left duals (v = 0), then tight edges matched greedily."""
-  for l in range(u.size):
-    best = _INF
-    for e in range(indptr[l], indptr[l + 1]):
-      best = min(best, cost[e] - v[indices[e]])
-    u[l] = best
-    for e in range(indptr[l], indptr[l + 1]):
-      r = indices[e]
-      if mate_r[r] < 0 and cost[e] - v[r] == best:
-        mate_l[l], mate_r[r] = r, l
-        break
+def _relaxed_start(ei, ej, ec, n1, n2, ow, u, v, mate_l, mate_r):
+  """Feasible duals and a start matching for the relaxed problem.
+
+  Every pixel of the larger map starts unmatched (on its tight dummy
+  edge), so the searches start from the smaller map's pixels and are
+  short; each pixel then takes a nearest free partner if it can (with the
+  mirrored dummy pair), and the rest is left to ``_augment_all``.
+  """
+  big = _INF
+  if n1 <= n2:  # gt pixels start unmatched: v_j = ow, gt dummies 0
+    for j in range(n2):
+      v[j] = ow
+      mate_l[n1 + j], mate_r[j] = j, n1 + j
+    for i in range(n1):
+      u[i] = big
+    for e in range(ei.size):
+      u[ei[e]] = min(u[ei[e]], 2 * ec[e] - ow)
+    for e in range(ei.size):
+      i, j = ei[e], ej[e]
+      if (mate_l[i] < 0 and mate_r[j] == n1 + j
+          and 2 * ec[e] == u[i] + v[j]):
+        mate_l[i], mate_r[j] = j, i
+        mate_l[n1 + j], mate_r[n2 + i] = n2 + i, n1 + j
+  else:  # predicted pixels start unmatched: u_i = ow, pred dummies 0
+    for i in range(n1):
+      u[i] = ow
+      mate_l[i], mate_r[n2 + i] = n2 + i, i
+    for j in range(n2):
+      v[j] = big
+    for e in range(ei.size):
+      v[ej[e]] = min(v[ej[e]], 2 * ec[e] - ow)
+    for e in range(ei.size):
+      i, j = ei[e], ej[e]
+      if (mate_l[n1 + j] < 0 and mate_l[i] == n2 + i
+          and 2 * ec[e] == u[i] + v[j]):
+        mate_l[i], mate_r[j] = j, i
+        mate_l[n1 + j], mate_r[n2 + i] = n2 + i, n1 + j
 
 
 @numba.njit(cache=True)
@@ -445,7 +470,7 @@ def _relaxed(ei, ej, ec, n1, n2, ow):
   v = np.zeros(n, np.int64)
   mate_l = np.full(n, -1, np.int64)
   mate_r = np.full(n, -1, np.int64)
-  _greedy(indptr, indices, cost, u, v, mate_l, mate_r)
+  _relaxed_start(ei, ej, ec, n1, n2, ow, u, v, mate_l, mate_r)
   ok = _augment_all(indptr, indices, cost, u, v, mate_l, mate_r)
   fu = np.empty(n, np.int64)
   fv = np.empty(n, np.int64)
