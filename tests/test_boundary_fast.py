@@ -115,6 +115,7 @@ def test_outlier_draws_replay_the_compiled_kofn():
   kofn = lib._Z4kOfNiiPi  # kOfN(int k, int n, int* values)
   kofn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
   rng = np.random.default_rng(0)
+  stack = np.empty((64, 4), np.int64)
   for seed in (1, 99991, 2 ** 40 + 3):
     match_lib.seed_matcher(seed)
     state = np.array([seed], np.uint64)
@@ -124,7 +125,7 @@ def test_outlier_draws_replay_the_compiled_kofn():
       want = np.zeros(7, np.int32)
       got = np.zeros(7, np.int64)
       kofn(k, n, want.ctypes.data)
-      boundary_assign._kofn(k, n, got, state)
+      boundary_assign._kofn(k, n, got, state, stack)
       np.testing.assert_array_equal(got[:k], want[:k])
 
 

@@ -49,6 +49,7 @@ import time
 
 import numba
 import numpy as np
+from scipy import ndimage
 
 _DEGREE = 6          # match.cc: outlier connections per node
 _MULTIPLIER = 100    # match.cc: float costs -> integers
@@ -74,9 +75,10 @@ def _i32(state: np.ndarray, a: int, b: int) -> int:
 
 
 @numba.njit(cache=True)
-def _kofn_small(k: int, n: int, vals: np.ndarray, state: np.ndarray):
-  """kofn.cc _kOfN_smallK, its recursion unrolled (left part first)."""
-  stack = np.empty((64, 4), np.int64)  # (k, n, offset, base)
+def _kofn_small(k: int, n: int, vals: np.ndarray, state: np.ndarray,
+                stack: np.ndarray):
+  """kofn.cc _kOfN_smallK, its recursion unrolled (left part first);
+  stack: (64, 4) scratch of (k, n, offset, base)."""
   stack[0, 0], stack[0, 1], stack[0, 2], stack[0, 3] = k, n, 0, 0
   top = 1
   while top > 0:
@@ -103,13 +105,14 @@ def _kofn_small(k: int, n: int, vals: np.ndarray, state: np.ndarray):
 
 
 @numba.njit(cache=True)
-def _kofn(k: int, n: int, vals: np.ndarray, state: np.ndarray):
+def _kofn(k: int, n: int, vals: np.ndarray, state: np.ndarray,
+          stack: np.ndarray):
   """kofn.cc kOfN: k sorted distinct integers of [0, n)."""
   if k == 0:
     return
   klogk = k * math.log(k) / math.log(2.0)
   if klogk < float(n // 2):  # C: n / 2 in ints
-    _kofn_small(k, n, vals, state)
+    _kofn_small(k, n, vals, state, stack)
     return
   j = 0
   for i in range(n):
@@ -124,8 +127,9 @@ def _draw(count: int, k: int, n: int, skip_diagonal: bool,
   """count rows of kOfN(k, n), shifted past the row index if asked."""
   out = np.empty((count, k), np.int64)
   buf = np.empty(max(k, 1), np.int64)
+  stack = np.empty((64, 4), np.int64)
   for i in range(count):
-    _kofn(k, n, buf, state)
+    _kofn(k, n, buf, state, stack)
     for a in range(k):
       j = buf[a]
       if skip_diagonal and j >= i:
@@ -337,10 +341,13 @@ def _tight_max_matching(indptr, indices, cost, u, v, mate_l, mate_r):
 # ------------------------------------------------------------ the problem
 
 @numba.njit(cache=True)
-def _real_edges(pys, pxs, gid, pad, oy, ox, ocost):
-  """(pred index, gt index, cost) of every pair within the disc."""
+def _real_edges(pys, pxs, gid, near, pad, oy, ox, ocost):
+  """(pred index, gt index, cost) of every pair within the disc; `near`
+  marks the pixels with a gt pixel within it."""
   n = 0
   for p in range(pys.size):
+    if not near[pys[p], pxs[p]]:
+      continue
     for o in range(oy.size):
       if gid[pys[p] + pad + oy[o], pxs[p] + pad + ox[o]] >= 0:
         n += 1
@@ -349,6 +356,8 @@ def _real_edges(pys, pxs, gid, pad, oy, ox, ocost):
   c = np.empty(n, np.int64)
   n = 0
   for p in range(pys.size):
+    if not near[pys[p], pxs[p]]:
+      continue
     for o in range(oy.size):
       g = gid[pys[p] + pad + oy[o], pxs[p] + pad + ox[o]]
       if g >= 0:
@@ -398,94 +407,80 @@ def _csr(n_rows, rows, cols, costs):
 
 
 @numba.njit(cache=True)
-def _relaxed_start(ei, ej, ec, n1, n2, ow, u, v, mate_l, mate_r):
-  """Feasible duals and a start matching for the relaxed problem.
-
-  Every pixel of the larger map starts unmatched (on its tight dummy
-  edge), so the searches start from the smaller map's pixels and are
-  short; each pixel then takes a nearest free partner if it can (with the
-  mirrored dummy pair), and the rest is left to ``_augment_all``.
-  """
-  big = _INF
-  if n1 <= n2:  # gt pixels start unmatched: v_j = ow, gt dummies 0
-    for j in range(n2):
-      v[j] = ow
-      mate_l[n1 + j], mate_r[j] = j, n1 + j
-    for i in range(n1):
-      u[i] = big
-    for e in range(ei.size):
-      u[ei[e]] = min(u[ei[e]], 2 * ec[e] - ow)
-    for e in range(ei.size):
-      i, j = ei[e], ej[e]
-      if (mate_l[i] < 0 and mate_r[j] == n1 + j
-          and 2 * ec[e] == u[i] + v[j]):
-        mate_l[i], mate_r[j] = j, i
-        mate_l[n1 + j], mate_r[n2 + i] = n2 + i, n1 + j
-  else:  # predicted pixels start unmatched: u_i = ow, pred dummies 0
-    for i in range(n1):
-      u[i] = ow
-      mate_l[i], mate_r[n2 + i] = n2 + i, i
-    for j in range(n2):
-      v[j] = big
-    for e in range(ei.size):
-      v[ej[e]] = min(v[ej[e]], 2 * ec[e] - ow)
-    for e in range(ei.size):
-      i, j = ei[e], ej[e]
-      if (mate_l[n1 + j] < 0 and mate_l[i] == n2 + i
-          and 2 * ec[e] == u[i] + v[j]):
-        mate_l[i], mate_r[j] = j, i
-        mate_l[n1 + j], mate_r[n2 + i] = n2 + i, n1 + j
+def _greedy(indptr, indices, cost, u, v, mate_l, mate_r):
+  """Row minima as left duals, then tight edges matched greedily."""
+  for l in range(u.size):
+    best = _INF
+    for e in range(indptr[l], indptr[l + 1]):
+      best = min(best, cost[e] - v[indices[e]])
+    u[l] = best
+    for e in range(indptr[l], indptr[l + 1]):
+      r = indices[e]
+      if mate_r[r] < 0 and cost[e] - v[r] == best:
+        mate_l[l], mate_r[r] = r, l
+        break
 
 
 @numba.njit(cache=True)
 def _relaxed(ei, ej, ec, n1, n2, ow):
   """Step 2: the relaxed problem's optimum, as full-problem duals and a
-  partial matching (fu, fv, mate_l, mate_r); None if it fails.
+  partial matching (ok, fu, fv, mate_l, mate_r).
 
-  Costs doubled. Left = pred ++ gt dummies, right = gt ++ pred dummies; a
-  pixel left unmatched costs ow (its dummy edge); a dummy-dummy edge
-  mirrors each real edge at cost 0. Full-problem duals: pred i ->
-  u_i + v(dummy i), gt j -> u(dummy j) + v_j (both <= ow, = ow when
-  unmatched; their sum <= 2c, = 2c on the matching since the mirrored
-  matching is optimal too), every outlier node ow.
+  Costs doubled. Solved as a rectangular assignment: every pixel of the
+  smaller map ("left") is matched, to a pixel of the other map (2c) or to
+  a private dummy (2 ow: left unmatched); the other map's pixels may stay
+  free. Its cost differs from the relaxed one (ow per unmatched pixel of
+  either map) by a constant, so the optima agree. Shortest augmenting
+  paths from v = 0 keep v <= 0 with v = 0 on free nodes, so
+  b = v + ow (other map) and a = min(u - ow, ow) (left) are feasible
+  duals of the full problem with every outlier node at ow: a + b <= 2c,
+  tight on the matching, a, b <= ow, = ow on unmatched pixels. Searches
+  start from the smaller map only: the larger map's surplus needs none.
   """
-  n = n1 + n2
+  swap = n1 > n2
+  nl, nr = (n2, n1) if swap else (n1, n2)
   m_real = ei.size
-  rows = np.empty(2 * m_real + n, np.int64)
-  cols = np.empty(2 * m_real + n, np.int64)
-  cst = np.empty(2 * m_real + n, np.int64)
+  rows = np.empty(m_real + nl, np.int64)
+  cols = np.empty(m_real + nl, np.int64)
+  cst = np.empty(m_real + nl, np.int64)
   for e in range(m_real):
-    rows[e], cols[e], cst[e] = ei[e], ej[e], 2 * ec[e]
-    rows[m_real + e], cols[m_real + e], cst[m_real + e] = (
-        n1 + ej[e], n2 + ei[e], 0)
-  at = 2 * m_real
-  for i in range(n1):
-    rows[at], cols[at], cst[at] = i, n2 + i, ow
-    at += 1
-  for j in range(n2):
-    rows[at], cols[at], cst[at] = n1 + j, j, ow
-    at += 1
-  indptr, indices, cost = _csr(n, rows, cols, cst)
-  u = np.zeros(n, np.int64)
-  v = np.zeros(n, np.int64)
-  mate_l = np.full(n, -1, np.int64)
-  mate_r = np.full(n, -1, np.int64)
-  _relaxed_start(ei, ej, ec, n1, n2, ow, u, v, mate_l, mate_r)
+    if swap:
+      rows[e], cols[e] = ej[e], ei[e]
+    else:
+      rows[e], cols[e] = ei[e], ej[e]
+    cst[e] = 2 * ec[e]
+  for l in range(nl):
+    rows[m_real + l], cols[m_real + l], cst[m_real + l] = l, nr + l, 2 * ow
+  indptr, indices, cost = _csr(nl, rows, cols, cst)
+  u = np.zeros(nl, np.int64)
+  v = np.zeros(nr + nl, np.int64)
+  mate_l = np.full(nl, -1, np.int64)
+  mate_r = np.full(nr + nl, -1, np.int64)
+  _greedy(indptr, indices, cost, u, v, mate_l, mate_r)
   ok = _augment_all(indptr, indices, cost, u, v, mate_l, mate_r)
-  fu = np.empty(n, np.int64)
-  fv = np.empty(n, np.int64)
-  for i in range(n1):
-    fu[i] = u[i] + v[n2 + i]
-    fv[n2 + i] = ow
-  for j in range(n2):
-    fv[j] = u[n1 + j] + v[j]
-    fu[n1 + j] = ow
+  n = n1 + n2
+  fu = np.full(n, ow, np.int64)  # outlier nodes: ow
+  fv = np.full(n, ow, np.int64)
   fmate_l = np.full(n, -1, np.int64)
   fmate_r = np.full(n, -1, np.int64)
-  for i in range(n1):
-    j = mate_l[i]
-    if j < n2:
-      fmate_l[i], fmate_r[j] = j, i
+  for l in range(nl):
+    a = min(u[l] - ow, ow)
+    if swap:
+      fv[l] = a
+    else:
+      fu[l] = a
+  for r in range(nr):
+    if swap:
+      fu[r] = v[r] + ow
+    else:
+      fv[r] = v[r] + ow
+  for l in range(nl):
+    r = mate_l[l]
+    if r < nr:
+      if swap:
+        fmate_l[r], fmate_r[l] = l, r
+      else:
+        fmate_l[l], fmate_r[r] = r, l
   return ok, fu, fv, fmate_l, fmate_r
 
 
@@ -595,6 +590,9 @@ class Assign:
     self.sum_r = int(gy.size)
     self._gid = np.full((h + 2 * pad, w + 2 * pad), -1, np.int64)
     self._gid[gy + pad, gx + pad] = np.arange(gy.size)
+    disc = np.zeros((2 * pad + 1, 2 * pad + 1), bool)
+    disc[dy[keep] + pad, dx[keep] + pad] = True
+    self._near = ndimage.binary_dilation(gt, disc) if gy.size else gt
     self._grank = np.empty(gy.size, np.int64)  # column-major rank
     self._grank[np.lexsort((gy, gx))] = np.arange(gy.size)
 
@@ -605,8 +603,8 @@ class Assign:
       return np.array([0, self.sum_r, 0, sum_p], np.float64)
     ys = np.asarray(ys, np.int64)
     xs = np.asarray(xs, np.int64)
-    pi, gj, cost = _real_edges(ys, xs, self._gid, self._pad, self._oy,
-                               self._ox, self._oc)
+    pi, gj, cost = _real_edges(ys, xs, self._gid, self._near, self._pad,
+                               self._oy, self._ox, self._oc)
     if pi.size == 0:  # nothing matchable: match.cc returns before drawing
       return np.array([0, self.sum_r, 0, sum_p], np.float64)
     ei, ej, n1, n2 = _node_ids(pi, gj, ys, xs, self.shape[0], self._grank,
