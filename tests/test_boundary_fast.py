@@ -153,6 +153,24 @@ def test_assign_equals_correspond_pixels_where_outliers_decide():
   assert short > 0  # the outlier graph's defects were exercised
 
 
+def test_assign_equals_correspond_pixels_on_tiny_maps():
+  # 1-6 pixels a map: outlier degrees below 6 (min(6, n - 1), 0 for one
+  # pixel), both kOfN branches, n1 < n2, n1 == n2, n1 > n2.
+  rng = np.random.default_rng(7)
+  sizes = set()
+  for trial in range(60):
+    pred = np.zeros((6, 7), bool)
+    gt = np.zeros((6, 7), bool)
+    pred.flat[rng.choice(42, int(rng.integers(1, 7)), replace=False)] = True
+    gt.flat[rng.choice(42, int(rng.integers(1, 7)), replace=False)] = True
+    assign = boundary_assign.Assign(gt, 0.2)
+    want = match_lib.bsds_counts(pred, gt, 0.2, trial + 1)
+    np.testing.assert_array_equal(
+        assign.pixels(*np.nonzero(pred), trial + 1), want)
+    sizes.add((int(pred.sum()), int(gt.sum())))
+  assert any(p < g for p, g in sizes) and any(p > g for p, g in sizes)
+
+
 @pytest.mark.parametrize("case", range(4))
 def test_fast_equals_reference_on_test_scenes(case):
   rng = np.random.default_rng(10 + case)
