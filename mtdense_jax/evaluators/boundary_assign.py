@@ -290,17 +290,20 @@ def _tight_max_matching(indptr, indices, cost, u, v, mate_l, mate_r):
         tail += 1
       else:
         layer[l] = -1
-    found = False
+    found, found_at = False, np.int64(0)
     while head < tail:
       l = queue[head]
       head += 1
+      if found and layer[l] > found_at:  # shortest paths only (HK)
+        break
       for e in range(indptr[l], indptr[l + 1]):
         r = indices[e]
         if cost[e] != u[l] + v[r]:
           continue
         m = mate_r[r]
         if m < 0:
-          found = True
+          if not found:
+            found, found_at = True, layer[l]
         elif layer[m] < 0:
           layer[m] = layer[l] + 1
           queue[tail] = m
