@@ -2,9 +2,12 @@
 
 ``image_counts(..., slow_reference=True)`` is the original implementation
 (skimage thin and correspondPixels on the whole map, once per threshold);
-the default path thins sparsely, cuts the maps to their joint bounding box
-and skips empty thresholds. With correspondPixels reseeded before every
-call, both must agree to the pixel: cntR, sumR, cntP and sumP.
+the default path thins sparsely, skips empty thresholds and gets the counts
+from boundary_assign (correspondPixels' own assignment problem, its random
+outlier graph replayed, solved without CSA); ``bsds_counts`` is
+correspondPixels on the maps' joint bounding box. With the random stream
+reset before every call, all must agree to the pixel: cntR, sumR, cntP and
+sumP.
 """
 
 from __future__ import annotations
