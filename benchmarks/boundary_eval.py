@@ -1,7 +1,7 @@
 r"""Seconds per image of the SEISM boundary protocol (evaluators/boundary.py).
 
   python benchmarks/boundary_eval.py [--images 2] [--processes 2] \
-      [--thresholds 101] [--reference] [--val 0]
+      [--thresholds 101] [--csa] [--reference] [--val 0]
 
 Synthetic scenes at PASCAL-Context size (375x500, maxDist 0.0075) and NYUD
 size (448x576, maxDist 0.011): a Voronoi segmentation as gt (seg2bmap), the
@@ -10,14 +10,17 @@ low-frequency clutter (what a network's sigmoid map looks like away from
 edges, so NMS keeps background ridges at low thresholds). Prints, per size,
 the serial seconds per image (wall and CPU: on a shared machine trust CPU)
 with the seconds per stage (prepare, nms, binarise, thin, match), for the
-exact default path, the original full-image path (``--reference``; its
-counts are checked equal) and the ``max_cardinality`` shortcut; then, for
-both matchers, the evaluator's pool (wall and worker CPU seconds per image,
+exact default path (matcher "bsds": correspondPixels' assignment problem
+solved by boundary_assign), ``--csa`` the same path with correspondPixels'
+own CSA run (the counts are checked equal), ``--reference`` the original
+full-image path (checked equal too) and the ``max_cardinality`` shortcut;
+then the default matcher's own stages (edges, relaxed, draws, graph,
+complete, repair; boundary_assign's doc), then, for the default and the
+shortcut, the evaluator's pool (wall and worker CPU seconds per image,
 counts checked equal to serial) and the projected time of PASCAL-Context
-val (5,105 images). ``--val N`` also scores N
-synthetic-scenes val images with both matchers (odsF difference of the
-shortcut). correspondPixels' assignment solver dominates; its cost grows
-with the number of matchable pixels, so real maps may differ.
+val (5,105 images). ``--val N`` also scores N synthetic-scenes val images
+with both matchers (odsF difference of the shortcut). The matcher's cost
+grows with the number of matchable pixels, so real maps may differ.
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ import numpy as np
 from scipy import ndimage
 
 from mtdense_jax.evaluators import boundary
+from mtdense_jax.evaluators import boundary_assign
+from mtdense_jax.evaluators import boundary_match
 
 flags.DEFINE_integer("images", 2, "Images per size (0: only --val).")
 flags.DEFINE_integer("processes", 2,
@@ -42,12 +47,15 @@ flags.DEFINE_integer("processes", 2,
 flags.DEFINE_integer("thresholds", 101,
                      "101 = SEISM's HED list; K = linspace(1/(K+1), ..).")
 flags.DEFINE_integer("seed", 0, "Scene seed.")
+flags.DEFINE_bool("csa", False,
+                  "Also time matcher 'bsds_csa' (correspondPixels' CSA, the "
+                  "slow original) and check its counts equal the default's.")
 flags.DEFINE_bool("reference", False,
                   "Also time the original full-image path (slow) and check "
                   "its counts equal the default path's.")
 flags.DEFINE_integer("chunks", 1, "Threshold chunks per image in the pool.")
-flags.DEFINE_integer("pool_images", 40,
-                     "Images (repeats) for the max_cardinality pool timing.")
+flags.DEFINE_integer("pool_images", 8,
+                     "Images (repeats) for the pool timings.")
 flags.DEFINE_integer("val", 0, "Synthetic-scenes val images to score with "
                      "both matchers (odsF difference of max_cardinality).")
 FLAGS = flags.FLAGS
@@ -105,6 +113,8 @@ def run_size(name: str, thresholds) -> None:
   data = [scene(rng, h, w) for _ in range(FLAGS.images)]
   print(f"{name} {h}x{w}, maxDist {max_dist}:")
   runs = [("bsds (exact)", dict(matcher="bsds"))]
+  if FLAGS.csa:
+    runs.append(("bsds_csa", dict(matcher="bsds_csa")))
   if FLAGS.reference:
     runs.append(("bsds reference", dict(slow_reference=True)))
   runs.append(("max_cardinality", dict(matcher="max_cardinality")))
@@ -117,17 +127,18 @@ def run_size(name: str, thresholds) -> None:
       exact = counts
     elif label == "max_cardinality":
       shortcut = counts
-    elif label == "bsds reference":
+    else:
       same = ("  counts EQUAL" if np.array_equal(counts, exact)
               else "  counts DIFFER")
     print(f"  {label:16s} serial {sec:6.2f} s/image ({cpu:6.2f} CPU s)  "
           f"odsF {s['odsF']:.4f} oisF {s['oisF']:.4f} AP {s['AP']:.4f}"
           f"{same}")
     print("    " + "  ".join(f"{k} {v:.3f}" for k, v in per.items()))
+  solver_stages(data, max_dist, thresholds)
   if FLAGS.processes > 0:  # the evaluator's pool; spawn start-up included
     for matcher, serial in (("bsds", exact), ("max_cardinality", shortcut)):
-      # The fast matcher's images are repeated so start-up is amortised.
-      reps = 1 if matcher == "bsds" else -(-FLAGS.pool_images // len(data))
+      # Images are repeated so start-up is amortised.
+      reps = -(-FLAGS.pool_images // len(data))
       ev = boundary.BoundaryEvaluator(max_dist, thresholds,
                                       gt_mode="segmentation",
                                       processes=FLAGS.processes,
@@ -147,6 +158,33 @@ def run_size(name: str, thresholds) -> None:
               f"{_hms(sec * PASCAL_VAL)} at this wall rate, "
               f"{_hms(cpu * PASCAL_VAL / FLAGS.processes)} if the "
               f"{FLAGS.processes} processes had a core each")
+
+
+def solver_stages(data, max_dist, thresholds) -> None:
+  """CPU seconds per image in each stage of the default matcher."""
+  stages, calls, biggest = {}, 0, 0
+  cut = np.float32(np.maximum(np.finfo(np.float64).eps,
+                              boundary.resolve_thresholds(thresholds)))
+  for prob, seg in data:
+    e = boundary.edge_nms(boundary.quantize_uint8(prob)).astype(np.float32)
+    sweep = boundary_match.Sweep(e)
+    match = boundary_assign.Assign(boundary.seg2bmap(seg), max_dist)
+    for n in np.unique(sweep.size(cut)):
+      if n == 0:
+        continue
+      ys, xs = sweep.pixels(int(n))
+      last = [time.process_time()]
+
+      def mark(stage, last=last):
+        now = time.process_time()
+        stages[stage] = stages.get(stage, 0.0) + now - last[0]
+        last[0] = now
+
+      match.pixels(ys, xs, boundary.DEFAULT_SEED, profile=mark)
+      calls, biggest = calls + 1, max(biggest, int(n))
+  print(f"    matcher stages, CPU s/image ({calls / len(data):.0f} solves "
+        f"per image, up to {biggest} pixels): " + "  ".join(
+            f"{k} {v / len(data):.3f}" for k, v in stages.items()))
 
 
 def val_shortcut(n: int) -> None:
@@ -183,6 +221,9 @@ def main(argv):
   thresholds = None if FLAGS.thresholds == 101 else FLAGS.thresholds
   n = boundary.resolve_thresholds(thresholds).size
   print(f"{n} thresholds, {FLAGS.images} images per size")
+  # Load (or compile, first time) the default matcher's numba code first.
+  warm = scene(np.random.default_rng(0), 40, 50, regions=3)
+  boundary.image_counts(*warm, 0.05, 5, gt_mode="segmentation")
   for name in SIZES if FLAGS.images > 0 else ():
     run_size(name, thresholds)
   if FLAGS.val:

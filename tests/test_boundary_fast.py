@@ -2,16 +2,22 @@
 
 ``image_counts(..., slow_reference=True)`` is the original implementation
 (skimage thin and correspondPixels on the whole map, once per threshold);
-the default path thins sparsely, cuts the maps to their joint bounding box
-and skips empty thresholds. With correspondPixels reseeded before every
-call, both must agree to the pixel: cntR, sumR, cntP and sumP.
+the default path thins sparsely, skips empty thresholds and gets the counts
+from boundary_assign (correspondPixels' own assignment problem, its random
+outlier graph replayed, solved without CSA); ``bsds_counts`` is
+correspondPixels on the maps' joint bounding box. With the random stream
+reset before every call, all must agree to the pixel: cntR, sumR, cntP and
+sumP.
 """
 
 from __future__ import annotations
 
+import ctypes
 import math
+import sys
 
 import numpy as np
+from pyEdgeEval._lib import correspond_pixels
 import pytest
 from scipy import ndimage
 from scipy import sparse
@@ -21,6 +27,7 @@ from skimage.morphology import thin as skimage_thin
 
 from data_builders.synthetic_scenes import builder as scenes
 from mtdense_jax.evaluators import boundary
+from mtdense_jax.evaluators import boundary_assign
 from mtdense_jax.evaluators import boundary_match as match_lib
 
 
@@ -101,6 +108,70 @@ def test_seed_makes_the_matcher_reproducible():
         match_lib.reference_counts(pred, gt, 0.02, seed), runs[0])
     got.append(runs[0][0])
   assert len(set(got)) > 1, got  # the seed reaches the matcher
+
+
+def test_outlier_draws_replay_the_compiled_kofn():
+  # boundary_assign replays correspondPixels' random stream: the same
+  # kOfN values, call after call, as the compiled code after the same seed
+  # (both kOfN branches: small k*log2(k) < n/2 and large).
+  lib = ctypes.CDLL(sys.modules[correspond_pixels.__module__].__file__)
+  kofn = lib._Z4kOfNiiPi  # kOfN(int k, int n, int* values)
+  kofn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
+  rng = np.random.default_rng(0)
+  stack = np.empty((64, 4), np.int64)
+  for seed in (1, 99991, 2 ** 40 + 3):
+    match_lib.seed_matcher(seed)
+    state = np.array([seed], np.uint64)
+    for _ in range(3000):
+      k = int(rng.integers(0, 7))
+      n = k + int(rng.integers(0, 40 if rng.random() < 0.5 else 5000))
+      want = np.zeros(7, np.int32)
+      got = np.zeros(7, np.int64)
+      kofn(k, n, want.ctypes.data)
+      boundary_assign._kofn(k, n, got, state, stack)
+      np.testing.assert_array_equal(got[:k], want[:k])
+
+
+def test_assign_equals_correspond_pixels_where_outliers_decide():
+  # The map of test_seed_makes_the_matcher_reproducible: for some seeds
+  # the sparse outlier graph makes correspondPixels leave matchable pixels
+  # out (fewer than the maximum matching). The assignment solver must
+  # reproduce those counts, seed by seed, at every threshold.
+  rng = np.random.default_rng(0)
+  seg = _voronoi(rng, 48, 64)
+  gt = boundary.seg2bmap(seg)
+  moved = ndimage.shift(gt.astype(float), rng.integers(-1, 2, 2), order=0)
+  prob = ndimage.gaussian_filter(moved, 1.0)
+  prob = np.clip(prob / prob.max() + 0.2 * rng.random(gt.shape), 0, 1)
+  assign = boundary_assign.Assign(gt, 0.02)
+  short = 0
+  for t in (0.2, 0.3, 0.5, 0.7):
+    pred = match_lib.thin(prob > t)
+    ys, xs = np.nonzero(pred)
+    top = match_lib.max_cardinality_counts(pred, gt, 0.02)
+    for seed in range(1, 9):
+      want = match_lib.bsds_counts(pred, gt, 0.02, seed)
+      np.testing.assert_array_equal(assign.pixels(ys, xs, seed), want)
+      short += want[0] < top[0]
+  assert short > 0  # the outlier graph's defects were exercised
+
+
+def test_assign_equals_correspond_pixels_on_tiny_maps():
+  # 1-6 pixels a map: outlier degrees below 6 (min(6, n - 1), 0 for one
+  # pixel), both kOfN branches, n1 < n2, n1 == n2, n1 > n2.
+  rng = np.random.default_rng(7)
+  sizes = set()
+  for trial in range(60):
+    pred = np.zeros((6, 7), bool)
+    gt = np.zeros((6, 7), bool)
+    pred.flat[rng.choice(42, int(rng.integers(1, 7)), replace=False)] = True
+    gt.flat[rng.choice(42, int(rng.integers(1, 7)), replace=False)] = True
+    assign = boundary_assign.Assign(gt, 0.2)
+    want = match_lib.bsds_counts(pred, gt, 0.2, trial + 1)
+    np.testing.assert_array_equal(
+        assign.pixels(*np.nonzero(pred), trial + 1), want)
+    sizes.add((int(pred.sum()), int(gt.sum())))
+  assert any(p < g for p, g in sizes) and any(p > g for p, g in sizes)
 
 
 @pytest.mark.parametrize("case", range(4))

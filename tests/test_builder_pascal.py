@@ -99,6 +99,15 @@ def _check(builder, split, raw, valid, root):
         np.testing.assert_allclose(got, want, atol=1e-6, rtol=0)
       else:
         np.testing.assert_array_equal(got, want, err_msg=task)
+  assert ("labelmap" in ex) == ("edge" in builder.tasks)
+
+
+def _check_labelmap(builder, split, raw):
+  """The boundary benchmark's gt: the LabelMap itself, 459 classes."""
+  for ex in builder.as_data_source(split):
+    want = raw[ex["id"].decode()]["labelmap"]
+    assert ex["labelmap"].dtype == np.uint16
+    np.testing.assert_array_equal(ex["labelmap"], want)
 
 
 def _prepare(tmp_path, manual, config="all", **kw):
@@ -124,6 +133,8 @@ def test_folder_every_target_with_shared_class_lists(tmp_path):
   _check(b, "train", train, valid, tmp_path / "m")
   _check(b, "validation", {"2008_000003": raw["2008_000003"]}, valid,
          tmp_path / "m")
+  _check_labelmap(b, "validation", raw)
+  assert max(r["labelmap"].max() for r in raw.values()) > 255  # not uint8
   # The fake data exercises both sides of the mask and all part cases.
   lm = np.concatenate([r["labelmap"].ravel() for r in raw.values()])
   assert 0 < np.isin(lm, list(valid)).mean() < 1

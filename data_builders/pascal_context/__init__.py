@@ -12,6 +12,13 @@ Class lists for the distilled-normals mask (`nyu_classes.json`,
 `db_info_dir` override, the `MTDENSE_PASCAL_DB_INFO` environment variable,
 `<repo>/../shared/data/pascal_context_db_info`, and finally `db_info/`,
 `pascal_context_db_info/` or the root of the archive itself.
+
+With the edge task, each example also holds `labelmap`: the 459-class
+context LabelMap itself (uint16, at the image size). It is not a training
+target but the ground truth of SEISM's PASCAL-Context boundary benchmark,
+which runs seg2bmap on it (evaluators/boundary.py, gt_mode
+"segmentation", config eval.boundary.gt_key="labelmap"); the `edge`
+target (thinned Laplacian) cannot stand in for it.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from data_builders.pascal_context import targets
 log = logging.getLogger(__name__)
 
 DB_INFO_FILES = ("nyu_classes.json", "context_classes.json")
+LABELMAP = "labelmap"  # the eval-only feature (module doc)
 DEFAULT_DB_INFO = (pathlib.Path(__file__).resolve().parents[2].parent
                    / "shared" / "data" / "pascal_context_db_info")
 _ARCHIVE_DB_INFO = ("db_info", "pascal_context_db_info", "")
@@ -44,8 +52,10 @@ class Builder(common.ArchiveBuilder, skip_registration=True):
   """PASCAL-Context: semseg 21, human parts 7, normals, saliency, edges."""
 
   name = "pascal_context"
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "From the ATRC/InvPT or MTL-PyTorch archive."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {"1.0.0": "From the ATRC/InvPT or MTL-PyTorch archive.",
+                   "1.1.0": "labelmap (the boundary benchmark's gt) stored "
+                            "with the edge task."}
   BUILDER_CONFIGS = [
       PascalConfig(name="all",
                    description="semseg, human_parts, normals, sal, edge"),
@@ -72,6 +82,21 @@ class Builder(common.ArchiveBuilder, skip_registration=True):
     self._valid_normals: np.ndarray | None = None
     super().__init__(**kwargs)
     self._original_state["db_info_dir"] = db_info_dir  # for pickling
+
+  @property
+  def _keeps_labelmap(self) -> bool:
+    return "edge" in self.tasks
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    info = super()._info()
+    if not self._keeps_labelmap:
+      return info
+    spec = {k: info.features[k] for k in info.features.keys()}
+    spec[LABELMAP] = tfds.features.Tensor(shape=(None, None),
+                                          dtype=np.uint16, encoding="zlib")
+    return tfds.core.DatasetInfo(
+        builder=self, description=info.description,
+        features=tfds.features.FeaturesDict(spec), metadata=info.metadata)
 
   def _db_info(self) -> dict[str, dict]:
     """The two class lists: configured folder first, then the archive."""
@@ -175,6 +200,9 @@ class Builder(common.ArchiveBuilder, skip_registration=True):
       rel = rels["labelmap"] if t == "edge" else rels[t]
       ex[t] = self._store(t, y, rel, image_id,
                           lambda y, t=t: targets.resize_target(t, y, hw))
+    if self._keeps_labelmap:
+      ex[LABELMAP] = common.decode_or_raise(
+          rels["labelmap"], image_id, targets.label_map_u16, labels, hw)
     return ex
 
 

@@ -60,6 +60,17 @@ def label_map(mat: dict) -> np.ndarray:
   return np.asarray(mat["LabelMap"])
 
 
+def label_map_u16(labels: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+  """LabelMap as stored for the boundary benchmark: uint16 at image size."""
+  labels = np.asarray(labels)
+  if labels.ndim != 2 or labels.size == 0:
+    raise ValueError(f"LabelMap must be a 2-D map, got shape {labels.shape}")
+  if labels.min() < 0 or labels.max() > np.iinfo(np.uint16).max:
+    raise ValueError(f"LabelMap values outside uint16: {labels.min()}.."
+                     f"{labels.max()}")
+  return resize_target("labelmap", labels.astype(np.uint16), hw)
+
+
 def edge(labels: np.ndarray) -> np.ndarray:
   """thin(|Laplacian(LabelMap)| > 0): OpenCV 64F, default 3x3 aperture."""
   lap = cv2.Laplacian(labels.astype(np.float64), cv2.CV_64F)

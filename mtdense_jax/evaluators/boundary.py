@@ -40,8 +40,10 @@ segmentation, which turns each 1-pixel edge line into a 2-pixel band.
 ``gt_mode``: "segmentation" (seg2bmap, SEISM as coded), "boundary" (the
 binary map is the boundary map, BSDS/pyEdgeEval style) or "auto" (a {0,1}
 map is a boundary map, anything else a segmentation). LabelMap mode needs
-the label map itself (config ``eval.boundary.gt_key`` names its batch key,
-``gt_mode="segmentation"``): seg2bmap(LabelMap) cannot be rebuilt from the
+the label map itself: the PASCAL builder stores it as ``labelmap`` (uint16,
+459 classes) with the edge task; config ``eval.boundary.gt_key="labelmap"``
+and ``gt_mode="segmentation"`` score against seg2bmap of it, once the eval
+batches carry that key. seg2bmap(LabelMap) cannot be rebuilt from the
 stored PASCAL edge target thin(|Laplacian(LabelMap)| > 0) (other pixels,
 thinned) nor from the 21-class semseg map (a coarser partition). Without
 it the PASCAL score is against that edge target, not SEISM's gt.
@@ -51,8 +53,10 @@ With 1-pixel gt lines that NYUD reading caps recall near 1/2 (a perfect
 ~ 0.77; which edge PNGs SEISM's NYUD root held is unknown here, so "auto"
 keeps a {0, 1} map as the boundary map and "segmentation" is opt-in.
 
-Reproduced exactly: steps 1, 3 (given the list), 5, seg2bmap, and the BSDS
-matcher itself (the same compiled code). Unknowable without MATLAB: the
+Reproduced exactly: steps 1, 3 (given the list), 5, seg2bmap (BSDS
+``seg2bmap.m`` at the native size: E, S, SE neighbours, last row E only,
+last column S only, corner 0), and the BSDS matcher's counts (its own
+problem and random graph; see below). Unknowable without MATLAB: the
 clock-seeded outlier graph of SEISM's correspondPixels (not even SEISM
 reruns agree: on ambiguous maps 0-0.5 % of matchable pixels go unmatched,
 differently per run); float32 rounding of MATLAB's convTri / gradient2 /
@@ -60,21 +64,27 @@ atan vs numpy's, and single-vs-double ties at a threshold; whether
 bwmorph 'thin' equals skimage's Guo-Hall ``thin`` bit for bit; the exact
 HED.txt list and SEISM's NYUD edge PNGs.
 
-Speed and exactness. The default path (``boundary_match``) sorts the NMS
-pixels once (each threshold's set is a prefix), thins only foreground
-pixels, hands correspondPixels the two maps cut to their joint bounding
-box (an identical assignment problem) and stops at the first empty
-threshold; ``seed`` resets the matcher's random stream before every call,
-so counts are reproducible and equal, count for count, to the original
-full-image path (``slow_reference=True``; tests/test_boundary_fast.py).
-correspondPixels' assignment solver (CSA, compiled, not ours to change
-without changing the counts) is then ~99 % of the time: ~14 CPU s per
-PASCAL-size image on cluttered synthetic maps (benchmarks/boundary_eval.py;
-the original path: ~14.3), i.e. ~10 h for PASCAL val on 2 free cores.
+Speed and exactness. The default path sorts the NMS pixels once (each
+threshold's set is a prefix), thins only foreground pixels
+(``boundary_match``), stops at the first empty threshold, and gets
+correspondPixels' counts from ``boundary_assign``: the same assignment
+problem (its random outlier graph replayed bit for bit from ``seed``),
+solved exactly by a faster method than the compiled CSA. ``seed`` is the
+random stream's state at every call, so counts are reproducible and a pure
+function of the maps; they equal, count for count, those of
+correspondPixels itself (``matcher="bsds_csa"``) and of the original
+full-image path (``slow_reference=True``) on every comparison made
+(tests/test_boundary_fast.py; benchmarks/boundary_eval.py ``--csa``).
+Per synthetic image (101 thresholds, ~85 distinct solves of up to ~6,000
+matchable pixels) the whole path takes ~0.8 CPU s at PASCAL size and ~1.3
+at NYUD size, against ~17 and ~22 with CSA (benchmarks/boundary_eval.py
+prints the current figures and the matcher's stages: each of building the
+edges, the relaxed solve, the outlier draws, the graph, the completion and
+the repair costs 0.07-0.2 s of that; no single one dominates).
 ``matcher="max_cardinality"`` (Hopcroft-Karp on the same candidate pairs;
-deterministic, an upper bound) takes ~0.15-0.3 CPU s (~10 min for PASCAL
-val on 2 cores) and moves odsF by +0.0002 on those scenes and +0.0009 on
-100 synthetic-scenes val images (``--val 100``); off by default.
+deterministic, an upper bound, not the protocol) moves odsF by +0.0002 on
+those scenes and +0.0009 on 100 synthetic-scenes val images
+(``--val 100``); off by default.
 
 Empty cases (SEISM ``eval_cont``): no gt boundary -> R = 1, P = 0; nothing
 predicted -> R = 0, P = 1; F = 0 when P + R = 0. Dataset level follows
@@ -93,6 +103,7 @@ from pyEdgeEval.preprocess.nms.toolbox import conv_tri
 from pyEdgeEval.preprocess.nms.toolbox import grad2
 from skimage.morphology import thin as _skimage_thin
 
+from mtdense_jax.evaluators import boundary_assign
 from mtdense_jax.evaluators import boundary_match as match_lib
 
 MAX_DIST_PASCAL = 0.0075
@@ -190,7 +201,9 @@ def apply_crop(arr: np.ndarray, crop: Crop | None) -> np.ndarray:
 
 
 # name -> (gt, max_dist) -> a per-image matcher (``.pixels(ys, xs, seed)``).
-_MATCHERS = {"bsds": match_lib.Bsds,
+# "bsds" and "bsds_csa" give the same counts (boundary_assign's doc).
+_MATCHERS = {"bsds": boundary_assign.Assign,
+             "bsds_csa": match_lib.Bsds,
              "max_cardinality": match_lib.MaxCardinality}
 
 
@@ -230,8 +243,10 @@ def image_counts(prob: np.ndarray, gt: np.ndarray, max_dist: float,
     quantize: reproduce InvPT's uint8 PNG truncation first.
     crop: applied to both maps first (drop the eval padding).
     thin: bwmorph-thin each binary prediction (edgesEvalImg default).
-    matcher: "bsds" (correspondPixels, the reference) or "max_cardinality"
-      (scipy Hopcroft-Karp; not the reference, see boundary_match).
+    matcher: "bsds" (correspondPixels' assignment problem, solved by
+      boundary_assign), "bsds_csa" (the same counts from correspondPixels
+      itself, ~10x slower) or "max_cardinality" (scipy Hopcroft-Karp; not
+      the reference, see boundary_match).
     seed: correspondPixels' random stream is reset to it before every
       call (None: clock-seeded as in SEISM, not reproducible).
     indices: only these threshold indices (rows of the result, in order);

@@ -1,0 +1,635 @@
+"""correspondPixels' counts without its CSA run: same problem, faster solver.
+
+BSDS ``matchEdgeMaps`` (pyEdgeEval ``_lib/src/match.cc``, the compiled code
+``boundary_match.bsds_counts`` calls) turns two boundary maps into one
+min-cost perfect assignment and hands it to CSA. The problem, with n1
+matchable predicted and n2 matchable gt pixels (a pixel is matchable when
+the other map has a pixel within maxDist), each side numbered column-major:
+
+* left nodes: the n1 predicted pixels, then n2 gt "outlier" nodes; right
+  nodes: the n2 gt pixels, then n1 predicted outlier nodes;
+* real edges: every (pred, gt) pair within maxDist, cost
+  ``rint(100 * distance)``;
+* outlier edges, cost ``ow = ceil(100 * outlierCost)`` (outlierCost =
+  100 maxDist, in pixels, as correspond_pixels passes it): each pixel to
+  ``kOfN(6, n - 1)`` random outlier nodes of its own map (its own index
+  excluded), and ``kOfN(6, nmin)`` random outlier-outlier edges for each
+  node of the larger map; all draws from one ``erand48`` stream, in that
+  order;
+* a perfect-match overlay ``(i, outlier i)`` of cost ``100 * ow``.
+
+The counts only need k, the number of real pairs in an optimal assignment
+(cntR = cntP = k). CSA is exact on integer costs, so any exact solver of
+the SAME problem gives the same optimal cost, and the same k unless two
+optima differ in k, which needs their real costs to differ by an exact
+multiple of ow (not seen in any comparison; see tests/test_boundary_fast.py
+and benchmarks/boundary_eval.py). Here:
+
+1. The random stream is replayed bit for bit (``_kofn``: erand48's 48-bit
+   LCG, both kOfN branches, the same float comparisons), from the seed that
+   ``boundary_match.seed_matcher`` would set.
+2. The relaxed problem (outlier nodes free to pair with anything: each
+   unmatched pixel costs ow) separates into the connected pieces of the
+   real-edge graph; it is solved exactly by shortest augmenting paths
+   (Dijkstra on reduced costs) from the smaller map's pixels, each search
+   staying inside its piece. Its optimal duals, with every outlier node
+   at ow / 2, are feasible duals of the full problem in which the relaxed
+   matching's edges and every unmatched pixel's outlier edges are tight.
+3. Hopcroft-Karp on the tight edges completes that matching as far as the
+   random outlier graph allows; the few nodes left free (the sparse
+   outlier graph's defects, which is why correspondPixels leaves a few
+   matchable pixels unmatched) are placed by Dijkstra augmentations on the
+   full problem. The result is an optimal assignment of the full problem.
+
+Costs are doubled so that the duals stay integers. Exactness does not
+rest on steps 2-3 being optimal: any matching with feasible duals and
+tight matched edges, completed by Dijkstra augmentations, is an optimal
+assignment; they only make the final searches few. Cost (numba, one
+core): ~1-15 ms per solve of ~6,000 matchable pixels, spread over
+building the edges, the relaxed solve, the draws, the graph, the
+completion and the repair (benchmarks/boundary_eval.py prints each).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Callable
+
+import numba
+import numpy as np
+from scipy import ndimage
+
+_DEGREE = 6          # match.cc: outlier connections per node
+_MULTIPLIER = 100    # match.cc: float costs -> integers
+_INF = np.int64(1) << np.int64(62)
+
+
+# ------------------------------------------------------------ random stream
+
+@numba.njit(cache=True)
+def _fp(state: np.ndarray) -> float:
+  """glibc erand48: X <- (0x5DEECE66D X + 11) mod 2^48, returns X / 2^48."""
+  x = (np.uint64(0x5DEECE66D) * state[0] + np.uint64(0xB)) & np.uint64(
+      0xFFFFFFFFFFFF)
+  state[0] = x
+  return float(x) * (1.0 / 281474976710656.0)
+
+
+@numba.njit(cache=True)
+def _i32(state: np.ndarray, a: int, b: int) -> int:
+  """Random::i32(a, b): floor(fp() * (b - a + 1) + a), in doubles."""
+  x = _fp(state)
+  return int(math.floor(x * (float(b) - float(a) + 1.0) + float(a)))
+
+
+@numba.njit(cache=True)
+def _kofn_small(k: int, n: int, vals: np.ndarray, state: np.ndarray,
+                stack: np.ndarray):
+  """kofn.cc _kOfN_smallK, its recursion unrolled (left part first);
+  stack: (64, 4) scratch of (k, n, offset, base)."""
+  stack[0, 0], stack[0, 1], stack[0, 2], stack[0, 3] = k, n, 0, 0
+  top = 1
+  while top > 0:
+    top -= 1
+    kk, nn, off, base = stack[top, 0], stack[top, 1], stack[top, 2], stack[
+        top, 3]
+    if kk == 1:
+      vals[off] = base + _i32(state, 0, nn - 1)
+      continue
+    left_n = nn // 2
+    left_k = 0
+    for i in range(kk):
+      if _i32(state, 0, nn - i - 1) < left_n - left_k:
+        left_k += 1
+    right_k = kk - left_k
+    if right_k > 0:  # pushed first, so drawn after the left part
+      stack[top, 0], stack[top, 1] = right_k, nn - left_n
+      stack[top, 2], stack[top, 3] = off + left_k, base + left_n
+      top += 1
+    if left_k > 0:
+      stack[top, 0], stack[top, 1] = left_k, left_n
+      stack[top, 2], stack[top, 3] = off, base
+      top += 1
+
+
+@numba.njit(cache=True)
+def _kofn(k: int, n: int, vals: np.ndarray, state: np.ndarray,
+          stack: np.ndarray):
+  """kofn.cc kOfN: k sorted distinct integers of [0, n)."""
+  if k == 0:
+    return
+  klogk = k * math.log(k) / math.log(2.0)
+  if klogk < float(n // 2):  # C: n / 2 in ints
+    _kofn_small(k, n, vals, state, stack)
+    return
+  j = 0
+  for i in range(n):
+    if _fp(state) < float(k - j) / float(n - i):
+      vals[j] = i
+      j += 1
+
+
+@numba.njit(cache=True)
+def _draw(count: int, k: int, n: int, skip_diagonal: bool,
+          state: np.ndarray) -> np.ndarray:
+  """count rows of kOfN(k, n), shifted past the row index if asked."""
+  out = np.empty((count, k), np.int64)
+  buf = np.empty(max(k, 1), np.int64)
+  stack = np.empty((64, 4), np.int64)
+  for i in range(count):
+    _kofn(k, n, buf, state, stack)
+    for a in range(k):
+      j = buf[a]
+      if skip_diagonal and j >= i:
+        j += 1
+      out[i, a] = j
+  return out
+
+
+# ----------------------------------------------- shortest augmenting paths
+
+@numba.njit(cache=True)
+def _heap_push(keys, vals, size, key, val):
+  i = size
+  keys[i], vals[i] = key, val
+  while i > 0:
+    p = (i - 1) >> 1
+    if keys[p] <= keys[i]:
+      break
+    keys[p], keys[i] = keys[i], keys[p]
+    vals[p], vals[i] = vals[i], vals[p]
+    i = p
+  return size + 1
+
+
+@numba.njit(cache=True)
+def _heap_pop(keys, vals, size):
+  key, val = keys[0], vals[0]
+  size -= 1
+  keys[0], vals[0] = keys[size], vals[size]
+  i = 0
+  while True:
+    c = 2 * i + 1
+    if c >= size:
+      break
+    if c + 1 < size and keys[c + 1] < keys[c]:
+      c += 1
+    if keys[i] <= keys[c]:
+      break
+    keys[c], keys[i] = keys[i], keys[c]
+    vals[c], vals[i] = vals[i], vals[c]
+    i = c
+  return key, val, size
+
+
+@numba.njit(cache=True)
+def _augment_all(indptr, indices, cost, u, v, mate_l, mate_r) -> bool:
+  """Dijkstra augmentation from every free left node (reduced costs
+  c - u - v >= 0, matched edges tight; both kept so). False if some left
+  node cannot be matched."""
+  n_l, n_r = u.size, v.size
+  dist_l = np.full(n_l, _INF)
+  dist_r = np.full(n_r, _INF)
+  done_r = np.zeros(n_r, np.bool_)
+  from_l = np.full(n_r, -1, np.int64)
+  seen_l = np.empty(n_l, np.int64)
+  seen_r = np.empty(n_r, np.int64)
+  popped = np.empty(n_r, np.int64)
+  cap = indices.size + 1
+  keys = np.empty(cap, np.int64)
+  vals = np.empty(cap, np.int64)
+  for s in range(n_l):
+    if mate_l[s] >= 0:
+      continue
+    n_sl, n_sr, n_pop, size = 0, 0, 0, 0
+    dist_l[s] = 0
+    seen_l[n_sl] = s
+    n_sl += 1
+    l, sink, reach = s, -1, np.int64(0)
+    while True:
+      dl, ul = dist_l[l], u[l]
+      for e in range(indptr[l], indptr[l + 1]):
+        r = indices[e]
+        if done_r[r]:
+          continue
+        nd = dl + cost[e] - ul - v[r]
+        if nd < dist_r[r]:
+          if dist_r[r] == _INF:
+            seen_r[n_sr] = r
+            n_sr += 1
+          dist_r[r] = nd
+          from_l[r] = l
+          size = _heap_push(keys, vals, size, nd, r)
+      r = -1
+      while size > 0:
+        d, rr, size = _heap_pop(keys, vals, size)
+        if not done_r[rr] and d == dist_r[rr]:
+          r = rr
+          break
+      if r < 0:
+        break
+      done_r[r] = True
+      popped[n_pop] = r
+      n_pop += 1
+      if mate_r[r] < 0:
+        sink, reach = r, dist_r[r]
+        break
+      l = mate_r[r]
+      dist_l[l] = dist_r[r]
+      seen_l[n_sl] = l
+      n_sl += 1
+    if sink >= 0:
+      for a in range(n_sl):
+        l = seen_l[a]
+        u[l] += reach - dist_l[l]
+      for a in range(n_pop):
+        r = popped[a]
+        v[r] -= reach - dist_r[r]
+      r = sink
+      while True:
+        l = from_l[r]
+        prev = mate_l[l]
+        mate_l[l], mate_r[r] = r, l
+        if l == s:
+          break
+        r = prev
+    for a in range(n_sl):
+      dist_l[seen_l[a]] = _INF
+    for a in range(n_sr):
+      r = seen_r[a]
+      dist_r[r], done_r[r], from_l[r] = _INF, False, -1
+    if sink < 0:
+      return False
+  return True
+
+
+@numba.njit(cache=True)
+def _tight_max_matching(indptr, indices, cost, u, v, mate_l, mate_r):
+  """Hopcroft-Karp on the tight edges (c == u + v), from the current
+  matching."""
+  n_l = u.size
+  for l in range(n_l):  # greedy first: most nodes pair at once
+    if mate_l[l] >= 0:
+      continue
+    for e in range(indptr[l], indptr[l + 1]):
+      r = indices[e]
+      if mate_r[r] < 0 and cost[e] == u[l] + v[r]:
+        mate_l[l], mate_r[r] = r, l
+        break
+  layer = np.empty(n_l, np.int64)
+  queue = np.empty(n_l, np.int64)
+  it = np.empty(n_l, np.int64)
+  stack = np.empty(n_l, np.int64)
+  while True:
+    head, tail = 0, 0
+    for l in range(n_l):
+      if mate_l[l] < 0:
+        layer[l] = 0
+        queue[tail] = l
+        tail += 1
+      else:
+        layer[l] = -1
+    found, found_at = False, np.int64(0)
+    while head < tail:
+      l = queue[head]
+      head += 1
+      if found and layer[l] > found_at:  # shortest paths only (HK)
+        break
+      for e in range(indptr[l], indptr[l + 1]):
+        r = indices[e]
+        if cost[e] != u[l] + v[r]:
+          continue
+        m = mate_r[r]
+        if m < 0:
+          if not found:
+            found, found_at = True, layer[l]
+        elif layer[m] < 0:
+          layer[m] = layer[l] + 1
+          queue[tail] = m
+          tail += 1
+    if not found:
+      return
+    for l in range(n_l):
+      it[l] = indptr[l]
+    augmented = 0
+    for s in range(n_l):
+      if mate_l[s] >= 0:
+        continue
+      depth = 0
+      stack[0] = s
+      while depth >= 0:
+        l = stack[depth]
+        advanced = False
+        while it[l] < indptr[l + 1]:
+          e = it[l]
+          it[l] += 1
+          r = indices[e]
+          if cost[e] != u[l] + v[r]:
+            continue
+          m = mate_r[r]
+          if m < 0:  # augment along the stack
+            for a in range(depth, -1, -1):
+              ll = stack[a]
+              nxt = mate_l[ll]
+              mate_l[ll], mate_r[r] = r, ll
+              r = nxt
+            augmented += 1
+            depth = -1
+            advanced = True
+            break
+          if layer[m] == layer[l] + 1:
+            depth += 1
+            stack[depth] = m
+            advanced = True
+            break
+        if not advanced:
+          layer[l] = -1  # dead end for this phase
+          depth -= 1
+    if augmented == 0:
+      return
+
+
+# ------------------------------------------------------------ the problem
+
+@numba.njit(cache=True)
+def _real_edges(pys, pxs, gid, near, pad, oy, ox, ocost):
+  """(pred index, gt index, cost) of every pair within the disc; `near`
+  marks the pixels with a gt pixel within it."""
+  n = 0
+  for p in range(pys.size):
+    if not near[pys[p], pxs[p]]:
+      continue
+    for o in range(oy.size):
+      if gid[pys[p] + pad + oy[o], pxs[p] + pad + ox[o]] >= 0:
+        n += 1
+  pi = np.empty(n, np.int64)
+  gj = np.empty(n, np.int64)
+  c = np.empty(n, np.int64)
+  n = 0
+  for p in range(pys.size):
+    if not near[pys[p], pxs[p]]:
+      continue
+    for o in range(oy.size):
+      g = gid[pys[p] + pad + oy[o], pxs[p] + pad + ox[o]]
+      if g >= 0:
+        pi[n], gj[n], c[n] = p, g, ocost[o]
+        n += 1
+  return pi, gj, c
+
+
+@numba.njit(cache=True)
+def _node_ids(pi, gj, ys, xs, height, grank, sum_r):
+  """Column-major node ids of the matchable pixels: (ei, ej, n1, n2)."""
+  n_p = ys.size
+  keep1 = np.zeros(n_p, np.bool_)
+  keep2 = np.zeros(sum_r, np.bool_)
+  for e in range(pi.size):
+    keep1[pi[e]] = True
+    keep2[gj[e]] = True
+  m1 = np.flatnonzero(keep1)
+  m2 = np.flatnonzero(keep2)
+  id1 = np.empty(n_p, np.int64)
+  id1[m1[np.argsort(xs[m1] * height + ys[m1])]] = np.arange(m1.size)
+  id2 = np.empty(sum_r, np.int64)
+  id2[m2[np.argsort(grank[m2])]] = np.arange(m2.size)
+  ei = np.empty(pi.size, np.int64)
+  ej = np.empty(pi.size, np.int64)
+  for e in range(pi.size):
+    ei[e], ej[e] = id1[pi[e]], id2[gj[e]]
+  return ei, ej, m1.size, m2.size
+
+
+@numba.njit(cache=True)
+def _csr(n_rows, rows, cols, costs):
+  """CSR (indptr, indices, cost) of an edge list."""
+  indptr = np.zeros(n_rows + 1, np.int64)
+  for r in rows:
+    indptr[r + 1] += 1
+  for i in range(n_rows):
+    indptr[i + 1] += indptr[i]
+  fill = indptr[:-1].copy()
+  indices = np.empty(rows.size, np.int64)
+  cost = np.empty(rows.size, np.int64)
+  for e in range(rows.size):
+    r = rows[e]
+    indices[fill[r]], cost[fill[r]] = cols[e], costs[e]
+    fill[r] += 1
+  return indptr, indices, cost
+
+
+@numba.njit(cache=True)
+def _greedy(indptr, indices, cost, u, v, mate_l, mate_r):
+  """Row minima as left duals, then tight edges matched greedily."""
+  for l in range(u.size):
+    best = _INF
+    for e in range(indptr[l], indptr[l + 1]):
+      best = min(best, cost[e] - v[indices[e]])
+    u[l] = best
+    for e in range(indptr[l], indptr[l + 1]):
+      r = indices[e]
+      if mate_r[r] < 0 and cost[e] - v[r] == best:
+        mate_l[l], mate_r[r] = r, l
+        break
+
+
+@numba.njit(cache=True)
+def _relaxed(ei, ej, ec, n1, n2, ow):
+  """Step 2: the relaxed problem's optimum, as full-problem duals and a
+  partial matching (ok, fu, fv, mate_l, mate_r).
+
+  Costs doubled. Solved as a rectangular assignment: every pixel of the
+  smaller map ("left") is matched, to a pixel of the other map (2c) or to
+  a private dummy (2 ow: left unmatched); the other map's pixels may stay
+  free. Its cost differs from the relaxed one (ow per unmatched pixel of
+  either map) by a constant, so the optima agree. Shortest augmenting
+  paths from v = 0 keep v <= 0 with v = 0 on free nodes, so
+  b = v + ow (other map) and a = min(u - ow, ow) (left) are feasible
+  duals of the full problem with every outlier node at ow: a + b <= 2c,
+  tight on the matching, a, b <= ow, = ow on unmatched pixels. Searches
+  start from the smaller map only: the larger map's surplus needs none.
+  """
+  swap = n1 > n2
+  nl, nr = (n2, n1) if swap else (n1, n2)
+  m_real = ei.size
+  rows = np.empty(m_real + nl, np.int64)
+  cols = np.empty(m_real + nl, np.int64)
+  cst = np.empty(m_real + nl, np.int64)
+  for e in range(m_real):
+    if swap:
+      rows[e], cols[e] = ej[e], ei[e]
+    else:
+      rows[e], cols[e] = ei[e], ej[e]
+    cst[e] = 2 * ec[e]
+  for l in range(nl):
+    rows[m_real + l], cols[m_real + l], cst[m_real + l] = l, nr + l, 2 * ow
+  indptr, indices, cost = _csr(nl, rows, cols, cst)
+  u = np.zeros(nl, np.int64)
+  v = np.zeros(nr + nl, np.int64)
+  mate_l = np.full(nl, -1, np.int64)
+  mate_r = np.full(nr + nl, -1, np.int64)
+  _greedy(indptr, indices, cost, u, v, mate_l, mate_r)
+  ok = _augment_all(indptr, indices, cost, u, v, mate_l, mate_r)
+  n = n1 + n2
+  fu = np.full(n, ow, np.int64)  # outlier nodes: ow
+  fv = np.full(n, ow, np.int64)
+  fmate_l = np.full(n, -1, np.int64)
+  fmate_r = np.full(n, -1, np.int64)
+  for l in range(nl):
+    a = min(u[l] - ow, ow)
+    if swap:
+      fv[l] = a
+    else:
+      fu[l] = a
+  for r in range(nr):
+    if swap:
+      fu[r] = v[r] + ow
+    else:
+      fv[r] = v[r] + ow
+  for l in range(nl):
+    r = mate_l[l]
+    if r < nr:
+      if swap:
+        fmate_l[r], fmate_r[l] = l, r
+      else:
+        fmate_l[l], fmate_r[r] = r, l
+  return ok, fu, fv, fmate_l, fmate_r
+
+
+@numba.njit(cache=True)
+def _outliers(n1, n2, seed):
+  """Step 1: match.cc's outlier draws (map 1, map 2, outlier-outlier)."""
+  state = np.empty(1, np.uint64)
+  state[0] = np.uint64(seed)
+  d1 = max(0, min(_DEGREE, n1 - 1))
+  d2 = max(0, min(_DEGREE, n2 - 1))
+  d3 = min(_DEGREE, min(n1, n2))
+  out1 = _draw(n1, d1, n1 - 1, True, state)
+  out2 = _draw(n2, d2, n2 - 1, True, state)
+  oo = _draw(max(n1, n2), d3, min(n1, n2), False, state)
+  return out1, out2, oo
+
+
+@numba.njit(cache=True)
+def _full_graph(ei, ej, ec, n1, n2, ow, out1, out2, oo):
+  """matchEdgeMaps' assignment graph as CSR (costs doubled)."""
+  n = n1 + n2
+  m_real = ei.size
+  d1, d2, d3 = out1.shape[1], out2.shape[1], oo.shape[1]
+  nmax = max(n1, n2)
+  m = m_real + n1 * d1 + n2 * d2 + nmax * d3 + n
+  rows = np.empty(m, np.int64)
+  cols = np.empty(m, np.int64)
+  cst = np.empty(m, np.int64)
+  at = 0
+  for e in range(m_real):
+    rows[at], cols[at], cst[at] = ei[e], ej[e], 2 * ec[e]
+    at += 1
+  for i in range(n1):
+    for a in range(d1):
+      rows[at], cols[at], cst[at] = i, n2 + out1[i, a], 2 * ow
+      at += 1
+  for j in range(n2):
+    for a in range(d2):
+      rows[at], cols[at], cst[at] = n1 + out2[j, a], j, 2 * ow
+      at += 1
+  for i in range(nmax):
+    for a in range(d3):
+      if n1 < n2:
+        rows[at], cols[at] = n1 + i, n2 + oo[i, a]
+      else:
+        rows[at], cols[at] = n1 + oo[i, a], n2 + i
+      cst[at] = 2 * ow
+      at += 1
+  for i in range(n1):  # the perfect-match overlay
+    rows[at], cols[at], cst[at] = i, n2 + i, 2 * ow * _MULTIPLIER
+    at += 1
+  for j in range(n2):
+    rows[at], cols[at], cst[at] = n1 + j, j, 2 * ow * _MULTIPLIER
+    at += 1
+  return _csr(n, rows, cols, cst)
+
+
+Profile = Callable[[str], None] | None
+
+
+def solve(ei: np.ndarray, ej: np.ndarray, ec: np.ndarray, n1: int, n2: int,
+          ow: int, seed: int, profile: Profile = None) -> int:
+  """k of an optimal assignment of matchEdgeMaps' problem (module doc).
+
+  ei, ej: node ids (column-major ranks) of the real edges' ends; ec: their
+  costs rint(100 d); ow: the integer outlier weight; seed: the erand48
+  state. profile: a callable(stage) marking the end of each stage.
+  """
+  mark = profile or (lambda _: None)
+  ok, fu, fv, mate_l, mate_r = _relaxed(ei, ej, ec, n1, n2, ow)
+  mark("relaxed")
+  out1, out2, oo = _outliers(n1, n2, seed)
+  mark("draws")
+  indptr, indices, cost = _full_graph(ei, ej, ec, n1, n2, ow, out1, out2, oo)
+  mark("graph")
+  _tight_max_matching(indptr, indices, cost, fu, fv, mate_l, mate_r)
+  mark("complete")
+  ok = ok and _augment_all(indptr, indices, cost, fu, fv, mate_l, mate_r)
+  mark("repair")
+  if not ok:
+    raise RuntimeError("assignment failed (no perfect matching)")
+  return int(np.count_nonzero(mate_l[:n1] < n2))
+
+
+_SEED_MASK = (1 << 48) - 1
+
+
+class Assign:
+  """Exact correspondPixels counts against one gt map (per image).
+
+  ``pixels(ys, xs, seed)`` gives [cntR, sumR, cntP, sumP] for the predicted
+  pixels (ys, xs), as ``boundary_match.bsds_counts`` with that seed.
+  """
+
+  def __init__(self, gt: np.ndarray, max_dist: float):
+    gt = np.asarray(gt, bool)
+    h, w = gt.shape
+    self.shape = (h, w)
+    idiag = math.sqrt(h * h + w * w)  # as correspond_pixels.pyx computes
+    dist = float(max_dist) * idiag
+    self.ow = int(math.ceil(100.0 * float(max_dist) * idiag * _MULTIPLIER))
+    pad = int(math.ceil(dist))
+    dy, dx = np.mgrid[-pad:pad + 1, -pad:pad + 1]
+    d2 = (dx * dx + dy * dy).astype(np.float64)
+    keep = ~(d2 > dist * dist)  # match.cc: d2 > maxDist^2 skipped
+    self._pad = pad
+    self._oy, self._ox = dy[keep].astype(np.int64), dx[keep].astype(np.int64)
+    self._oc = np.rint(np.sqrt(d2[keep]) * _MULTIPLIER).astype(np.int64)
+    gy, gx = np.nonzero(gt)
+    self.sum_r = int(gy.size)
+    self._gid = np.full((h + 2 * pad, w + 2 * pad), -1, np.int64)
+    self._gid[gy + pad, gx + pad] = np.arange(gy.size)
+    disc = np.zeros((2 * pad + 1, 2 * pad + 1), bool)
+    disc[dy[keep] + pad, dx[keep] + pad] = True
+    self._near = ndimage.binary_dilation(gt, disc) if gy.size else gt
+    self._grank = np.empty(gy.size, np.int64)  # column-major rank
+    self._grank[np.lexsort((gy, gx))] = np.arange(gy.size)
+
+  def pixels(self, ys: np.ndarray, xs: np.ndarray,
+             seed: int | None = None, profile: Profile = None
+             ) -> np.ndarray:
+    """Counts for the predicted pixels (ys, xs); seed: the random stream's
+    state (None: from the clock, as SEISM); profile: see ``solve``."""
+    sum_p = int(ys.size)
+    if sum_p == 0 or self.sum_r == 0:
+      return np.array([0, self.sum_r, 0, sum_p], np.float64)
+    ys = np.asarray(ys, np.int64)
+    xs = np.asarray(xs, np.int64)
+    pi, gj, cost = _real_edges(ys, xs, self._gid, self._near, self._pad,
+                               self._oy, self._ox, self._oc)
+    if pi.size == 0:  # nothing matchable: match.cc returns before drawing
+      return np.array([0, self.sum_r, 0, sum_p], np.float64)
+    ei, ej, n1, n2 = _node_ids(pi, gj, ys, xs, self.shape[0], self._grank,
+                               self.sum_r)
+    if profile:
+      profile("edges")
+    if seed is None:  # Random::reseed(0): from the clock
+      seed = time.time_ns() // 1000
+    k = solve(ei, ej, cost, n1, n2, self.ow, int(seed) & _SEED_MASK, profile)
+    return np.array([k, self.sum_r, k, sum_p], np.float64)
