@@ -117,7 +117,9 @@ def base_config() -> mlc.ConfigDict:
       # tasks with a boundary metric. Off by default: it is CPU-heavy
       # (seconds per image). max_dist None takes the dataset's value
       # (0.011 NYUD, 0.0075 PASCAL); thresholds None = SEISM's 101;
-      # matcher "bsds" (pyEdgeEval's correspondPixels) or "max_cardinality".
+      # matcher "bsds" (correspondPixels' assignment, exact, fast),
+      # "bsds_csa" (pyEdgeEval's CSA itself, ~20x slower, same counts) or
+      # "max_cardinality" (a different matching).
       boundary=mlc.ConfigDict(dict(
           enabled=False, max_dist=mlc.config_dict.placeholder(float),
           thresholds=mlc.config_dict.placeholder(int), matcher="bsds",

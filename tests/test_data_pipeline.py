@@ -163,6 +163,23 @@ def test_eval_pads_last_batch_with_invalid_examples():
   np.testing.assert_allclose(image[3, 2:14, 2:18], want, atol=1e-5)
 
 
+def test_eval_keeps_named_features_for_evaluators():
+  """A boundary gt stored beside the labels (e.g. PASCAL's LabelMap) rides
+  through eval, padded like the image, and a missing one is named."""
+  src = [dict(s, labelmap=np.full((12, 16), 300 + i, np.uint16))
+         for i, s in enumerate(SOURCE)]
+  data = pipeline.eval_dataset(src, TASKS, _cfg(image_size=(16, 20)),
+                               global_batch_size=4, keep=("labelmap",))
+  lm = np.concatenate([b["labelmap"] for b in data])
+  assert lm.shape == (8, 16, 20, 1) and lm.dtype == np.uint16
+  for i in range(N):
+    assert np.all(lm[i, 2:14, 2:18] == 300 + i) and np.all(lm[i, :2] == 0)
+  missing = pipeline.eval_dataset(SOURCE, TASKS, _cfg(image_size=(16, 20)),
+                                  global_batch_size=4, keep=("labelmap",))
+  with pytest.raises(KeyError, match="labelmap"):
+    next(iter(missing))
+
+
 def test_eval_shards_are_disjoint_and_equally_long():
   per_process = []
   for p in range(2):

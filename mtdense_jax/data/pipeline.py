@@ -173,8 +173,13 @@ def eval_dataset(
     global_batch_size: int,
     process_index: int | None = None,
     process_count: int | None = None,
+    keep: Sequence[str] = (),
 ) -> EvalData:
-  """Normalise + pad only; the tail padded with valid=False examples."""
+  """Normalise + pad only; the tail padded with valid=False examples.
+
+  `keep`: extra per-pixel features to carry (padded with 0), for evaluators
+  that score against something other than a task label.
+  """
   pi, pc = _process(process_index, process_count)
   local = _local_batch_size(global_batch_size, pc)
   n = len(source)
@@ -182,14 +187,15 @@ def eval_dataset(
     raise ValueError("Cannot evaluate on an empty split.")
   total = math.ceil(n / global_batch_size) * global_batch_size
   tasks = resolve_tasks(tasks, data_cfg)
-  ds = grain.MapDataset.source(source).map(T.SelectTasks(tasks))
+  keep = tuple(keep)
+  ds = grain.MapDataset.source(source).map(T.SelectTasks(tasks, keep))
   if total > n:
     # Padding slots re-read real records (right shapes), blanked below.
     ds = ds.repeat(math.ceil(total / n))[:total]
   ds = ds.map_with_index(T.MarkValid(n))
   if pc > 1:
     ds = ds[pi::pc]
-  ds = ds.map(T.Normalize()).map(T.Pad(_size(data_cfg), tasks))
+  ds = ds.map(T.Normalize()).map(T.Pad(_size(data_cfg), tasks, keep))
   ds = ds.map(T.AddIgnoreRegions(tasks)).map(T.BlankInvalid(tasks))
   ds = ds.batch(local, drop_remainder=True)
   return EvalData(ds, _read_options(data_cfg), n)
@@ -220,6 +226,7 @@ def make_eval_iter(
     *,
     split: str | None = None,
     global_batch_size: int,
+    keep: Sequence[str] = (),
 ) -> EvalData:
   """The whole `split` (default data.eval_split) once, in order, per process.
 
@@ -228,7 +235,7 @@ def make_eval_iter(
   split = split or data_cfg.get("eval_split", "validation")
   source = sources.load(data_cfg, task_names(tasks), split)
   return eval_dataset(source, tasks, data_cfg,
-                      global_batch_size=global_batch_size)
+                      global_batch_size=global_batch_size, keep=keep)
 
 
 def num_examples(data_cfg: Any, split: str | None = None) -> int:

@@ -51,10 +51,13 @@ class SelectTasks(grain.transforms.Map):
   """Keeps image + the configured task labels (drops id, orig_size, ...).
 
   Gives every label its channel axis and pipeline dtype, and the image float32
-  (the reference loads images as float32 before any augmentation).
+  (the reference loads images as float32 before any augmentation). `keep`
+  names extra features an evaluator scores against (e.g. a LabelMap): kept
+  as stored, with a channel axis.
   """
 
   tasks: tuple[base.Task, ...]
+  keep: tuple[str, ...] = ()
 
   def map(self, element: Example) -> Example:
     missing = [t.name for t in self.tasks if t.name not in element]
@@ -75,6 +78,13 @@ class SelectTasks(grain.transforms.Map):
         raise ValueError(f"Label {t.name!r} has shape {label.shape}; "
                          f"expected {spec.channels} channel(s).")
       out[t.name] = label.astype(spec.dtype)
+    for k in self.keep:
+      if k not in element:
+        raise KeyError(f"Example has no feature {k!r} that evaluation needs; "
+                       f"it has keys {sorted(element)}. Rebuild the dataset "
+                       "with a builder version that stores it.")
+      arr = np.asarray(element[k])
+      out[k] = arr[..., None] if arr.ndim == 2 else arr
     if "valid" in element:
       out["valid"] = element["valid"]
     return out
@@ -244,6 +254,7 @@ class Pad(grain.transforms.Map):
 
   size: tuple[int, int]
   tasks: tuple[base.Task, ...] = ()  # () pads the image alone
+  keep: tuple[str, ...] = ()  # extra per-pixel features, padded with 0
 
   def map(self, element: Example) -> Example:
     h, w = element["image"].shape[:2]
@@ -258,7 +269,8 @@ class Pad(grain.transforms.Map):
       return element
     top, left = (th - h) // 2, (tw - w) // 2
     out = dict(element)
-    fills = [("image", 0)] + [(t.name, t.fill) for t in self.tasks]
+    fills = ([("image", 0)] + [(t.name, t.fill) for t in self.tasks]
+             + [(k, 0) for k in self.keep])
     for k, fill in fills:
       arr = element[k]
       padded = np.full((th, tw, arr.shape[-1]), fill, arr.dtype)

@@ -172,9 +172,10 @@ def make_boundary_eval(exp: Experiment, defs,
 def evaluate(exp: Experiment, eval_fn, params, batch_stats,
              boundary: dense.BoundaryEval | None = None) -> dict[str, float]:
   cfg = exp.config
+  keep = (boundary.gt_key,) if boundary and boundary.gt_key else ()
   batches = pipeline.make_eval_iter(
       cfg.data, exp.tasks, split=cfg.data.eval_split,
-      global_batch_size=cfg.eval.batch_size)
+      global_batch_size=cfg.eval.batch_size, keep=keep)
   repl = shd.replicated(exp.mesh)
 
   def step(p, s, stats, batch):
