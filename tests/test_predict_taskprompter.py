@@ -66,6 +66,10 @@ def run(tmp_path_factory):
   return cfg, workdir
 
 
+# The run's fixture compiles a train and an eval step: ~100 s on one core
+# (cold compile cache), so the workdir tests run under -m slow; the
+# converted checkpoint below is the default-suite check.
+@pytest.mark.slow
 def test_workdir_cli_keeps_each_image_size(run, tmp_path):
   cfg, workdir = run
   images = _images()
@@ -77,6 +81,7 @@ def test_workdir_cli_keeps_each_image_size(run, tmp_path):
   _assert_written_at_image_size(out, paths, images, cfg.tasks)
 
 
+@pytest.mark.slow
 def test_images_are_fitted_and_padded_to_the_grid(run):
   """The model sees its own size: a wide image is resized to the full
   width, centred, padded with 0 after normalisation (as evaluation pads);

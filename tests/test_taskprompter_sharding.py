@@ -1,8 +1,9 @@
 """One TaskPrompter train step on 8 simulated CPU devices equals the
 one-device step (tests/conftest.py sets 8 devices).
 
-configs/synthetic_taskprompter.py:runlocal (task prompts through every ViT
-block, the prompt-to-feature interactions and BatchNorm conv heads), one
+configs/synthetic_taskprompter.py:runlocal with two of its tasks (task
+prompts through every ViT block, the prompt-to-feature interactions and
+BatchNorm conv heads), one
 step of the same batch: data-parallel (replicated params, the batch split
 8 ways) and FSDP (kernels split over 'data') against one device, with the
 tolerances and comparison of tests/test_sharding.py (loss, gradient norm,
@@ -29,12 +30,19 @@ from mtdense_jax.train import sharding as shd
 from tests.conftest import REPO
 from tests.test_sharding import LR, OPT_RTOL, PARAM_ATOL, RTOL, _host, one_step
 
+# Three train-step compiles of ~35 s on one core each: 107 s CPU measured
+# with a cold compile cache, so the whole file runs under -m slow.
+pytestmark = pytest.mark.slow
+
 CONFIG = str(REPO / "configs" / "synthetic_taskprompter.py") + ":runlocal"
 # Absolute floor of a moment's comparison, as a fraction of that moment's
 # largest entry: the rounding noise of a zero gradient summed in another
 # order over 8 devices measured 5e-10 of it.
 NOISE_FLOOR = 1e-6
 MAX_NOISY = 0.01   # at most this fraction of parameters has such a gradient
+# Two of the four tasks: the same prompts, interactions and BatchNorm heads
+# at half the compile time (the train step's compile dominates this file).
+TASKS = ("semseg", "normals")
 CASES = {
     "replicate": {},
     "fsdp": {"sharding.strategy": "fsdp", "sharding.min_size": 1024},
@@ -44,6 +52,7 @@ CASES = {
 def _config(data_dir, **overrides):
   cfg = config_check.load_config_file(CONFIG)
   cfg.data.data_dir = str(data_dir)
+  cfg.tasks = TASKS
   cfg.optim.warmup_steps = 0      # A non-zero first update to compare.
   assert cfg.optim.lr == LR, "LR is the first update's largest step"
   for key, value in overrides.items():
