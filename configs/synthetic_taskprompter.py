@@ -9,6 +9,15 @@ configs/synthetic_baseline.py):
   python benchmarks/quickstart.py --config configs/synthetic_taskprompter.py \
       --workdir runs/qs_taskprompter
 
+(the second command alone trains first when the workdir has no
+checkpoint). Measured (validation, step 800; the trivial predictor of each
+task in brackets): semseg mIoU 0.260 (0.048), depth RMSE 0.998 (1.237),
+log-RMSE 0.445 (0.451), abs-rel 0.301 (0.434), normals mean angle 29.0
+(49.6) deg, edge loss 0.0623 (0.0628: boundaries are learned last). That
+run took 19m37s wall (dataset rendering 93 s and first-step compile 93 s
+included) on a 2-core VM shared with other jobs (load average ~14; 0.6-1.0
+steps/s), so expect less on an idle machine.
+
 The model is the TaskPrompter architecture (ICLR'23, prismformore/
 Multi-Task-Transformer @ 870c6be) at toy size: width 64, depth 4, 4 heads,
 one prompt per task, 2x2 channel windows on the 6x8 token grid of the

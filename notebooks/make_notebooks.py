@@ -96,15 +96,20 @@ and run all again (the install is then skipped).'''),
     ("code", SETUP),
     ("md", r'''## Settings
 
+`CONFIG_FILE` picks the model: the default `configs/synthetic_baseline.py`
+(ViT + per-task heads), or e.g. `configs/synthetic_taskprompter.py`
+(TaskPrompter: task prompts through the ViT) or `configs/synthetic_invpt.py`
+(InvPT); `MTDENSE_NOTEBOOK_CONFIG` sets it without editing.
 `MTDENSE_NOTEBOOK_TINY=1` (what CI sets) switches to the config's
-`runlocal` variant: 4 steps on 32x48 images, in temporary folders.
+`runlocal` variant: 4 steps on tiny images, in temporary folders.
 Running the notebook again with the same `WORKDIR` resumes from its last
 checkpoint (and only re-evaluates once training is finished).'''),
     ("code", r'''TINY = os.environ.get("MTDENSE_NOTEBOOK_TINY", "0") == "1"
 # Training steps of the full (non-tiny) run.
 STEPS = int(os.environ.get("MTDENSE_NOTEBOOK_STEPS", "300"))
-CONFIG = str(REPO / "configs" / "synthetic_baseline.py") + (
-    ":runlocal" if TINY else f":steps={STEPS}")
+CONFIG_FILE = os.environ.get("MTDENSE_NOTEBOOK_CONFIG") or str(
+    REPO / "configs" / "synthetic_baseline.py")
+CONFIG = CONFIG_FILE + (":runlocal" if TINY else f":steps={STEPS}")
 WORKDIR = pathlib.Path(
     os.environ.get("MTDENSE_NOTEBOOK_WORKDIR")
     or (tempfile.mkdtemp(prefix="mtdense_quickstart_") if TINY
@@ -116,8 +121,8 @@ print(f"config {CONFIG}\nworkdir {WORKDIR}\ndata_dir {DATA_DIR}")'''),
     ("code", RUNTIME),
     ("md", r'''## The config
 
-Configs are `ml_collections` files (`configs/synthetic_baseline.py`; every
-key and its default: `mtdense_jax/config_defaults.py`). LPS's defaults
+Configs are `ml_collections` files (`CONFIG_FILE`; every key and its
+default: `mtdense_jax/config_defaults.py`). LPS's defaults
 (warm-up 200 steps, weights recomputed every 500) suit runs of thousands of
 steps; for this short run they are scaled down so the weights move (and
 so is the learning-rate warm-up).'''),
@@ -236,9 +241,13 @@ so it always runs end to end (its predictions are then rough). On
   `config.json`), e.g. `runs/quickstart` from `python launch.py ...`.
 - `IMAGE_PATHS`: your own images (any size); synthetic scenes are always
   added.
-- For a params-only checkpoint (e.g. converted published weights) use
-  `predict.Predictor.from_checkpoint(directory, "configs/pascal_invpt.py")`
-  instead of `from_workdir` below.'''),
+- For a params-only checkpoint (e.g. converted published weights:
+  `python -m mtdense_jax.convert --from taskprompter --config
+  configs/pascal_taskprompter.py ...`) use
+  `predict.Predictor.from_checkpoint(directory, config)`, with the config
+  it was converted with, instead of `from_workdir` below.
+- Without a checkpoint a tiny model of `MTDENSE_NOTEBOOK_CONFIG` (default
+  `configs/synthetic_baseline.py`) is trained first.'''),
     ("code", r'''TINY = os.environ.get("MTDENSE_NOTEBOOK_TINY", "0") == "1"
 CHECKPOINT_WORKDIR = pathlib.Path(
     os.environ.get("MTDENSE_NOTEBOOK_WORKDIR")
@@ -255,8 +264,8 @@ print(f"checkpoint workdir {CHECKPOINT_WORKDIR}\nimages {IMAGE_PATHS}\n"
     ("md", r'''## A checkpoint
 
 Uses `CHECKPOINT_WORKDIR` when it holds a checkpoint; otherwise trains the
-quickstart config's `runlocal` variant (4 steps on 32x48 images) in a
-temporary folder.'''),
+`runlocal` variant of `MTDENSE_NOTEBOOK_CONFIG` (default the quickstart
+config; 4 steps on tiny images) in a temporary folder.'''),
     ("code", r'''from mtdense_jax import config_check
 from mtdense_jax.train import loop
 
@@ -270,8 +279,9 @@ def has_checkpoint(workdir: pathlib.Path) -> bool:
 if not has_checkpoint(CHECKPOINT_WORKDIR):
   print(f"No checkpoint in {CHECKPOINT_WORKDIR}: training a tiny model "
         "(run quickstart.ipynb for a useful one).")
-  cfg = config_check.load_config_file(
-      str(REPO / "configs" / "synthetic_baseline.py") + ":runlocal")
+  cfg = config_check.load_config_file((
+      os.environ.get("MTDENSE_NOTEBOOK_CONFIG")
+      or str(REPO / "configs" / "synthetic_baseline.py")) + ":runlocal")
   cfg.data.data_dir = os.environ.get("MTDENSE_NOTEBOOK_DATA_DIR") or (
       tempfile.mkdtemp(prefix="mtdense_tfds_"))
   CHECKPOINT_WORKDIR = pathlib.Path(tempfile.mkdtemp(prefix="mtdense_tiny_"))
@@ -281,7 +291,9 @@ print("using", CHECKPOINT_WORKDIR)'''),
 
 `Predictor.from_workdir` rebuilds the model from the run's `config.json`,
 restores only the parameters of the latest checkpoint and compiles one
-forward pass that serves every later call.'''),
+forward pass that serves every later call. The model always sees the
+input size it was trained at (`predictor.size`): models tied to one token
+grid, like TaskPrompter and InvPT, accept no other.'''),
     ("code", r'''from mtdense_jax import predict
 
 predictor = predict.Predictor.from_workdir(CHECKPOINT_WORKDIR)

@@ -1,8 +1,9 @@
 """The notebooks run end to end at tiny settings, so they cannot rot.
 
 Executes notebooks/quickstart.ipynb (a 4-step `runlocal` training, curves,
-metrics table, validation panels) and then notebooks/inference.ipynb on the
-quickstart's workdir, each in a fresh kernel of this interpreter with cwd
+metrics table, validation panels; the default config, and TaskPrompter's
+under -m slow) and then notebooks/inference.ipynb on the quickstart's
+workdir, each in a fresh kernel of this interpreter with cwd
 notebooks/, as Jupyter would; the notebooks find the checkout by walking up
 from there, so their Colab clone/install branch never runs here.
 """
@@ -18,6 +19,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from mtdense_jax import config_check
 from tests.conftest import REPO
 
 nbformat = pytest.importorskip("nbformat")
@@ -88,7 +90,11 @@ def test_notebooks_are_clean_and_generated():
     assert "REPO_URL" in nb.cells[1].source, name
 
 
-def test_quickstart_then_inference(tmp_path, monkeypatch):
+@pytest.mark.parametrize("config", [
+    None,   # the notebooks' default, configs/synthetic_baseline.py
+    # A model tied to one token grid: a second pair of notebook runs.
+    pytest.param("synthetic_taskprompter.py", marks=pytest.mark.slow)])
+def test_quickstart_then_inference(config, tmp_path, monkeypatch):
   work, data, out = tmp_path / "run", tmp_path / "tfds", tmp_path / "preds"
   work.mkdir()
   own = tmp_path / "my_photo.jpg"
@@ -100,8 +106,16 @@ def test_quickstart_then_inference(tmp_path, monkeypatch):
   monkeypatch.setenv("MTDENSE_NOTEBOOK_OUT", str(out))
   monkeypatch.setenv("MTDENSE_NOTEBOOK_IMAGES", str(own))
   _kernel_env(monkeypatch, tmp_path)
+  if config:
+    monkeypatch.setenv("MTDENSE_NOTEBOOK_CONFIG",
+                       str(REPO / "configs" / config))
 
   nb = _run("quickstart.ipynb")
+  if config:   # The run is of the chosen model.
+    want = config_check.load_config_file(str(REPO / "configs" / config))
+    saved = json.loads((work / "config.json").read_text())["model"]
+    assert (saved["encoder"], saved["decoder"]) == (want.model.encoder,
+                                                    want.model.decoder)
   assert (work / "metrics.jsonl").read_text().strip()
   assert (work / "curves.png").is_file()
   panels = sorted((work / "notebook_panels").glob("validation*_pred.png"))
@@ -115,6 +129,9 @@ def test_quickstart_then_inference(tmp_path, monkeypatch):
   assert (out / "my_photo_panel.png").is_file()
   with Image.open(out / "my_photo_depth.png") as im:
     assert im.size == (67, 41)  # the prediction is at the image's own size
+  for i, (h, w) in enumerate([(75, 140), (120, 90), (64, 64)]):
+    with Image.open(out / f"scene{i}_depth.png") as im:
+      assert im.size == (w, h), i
   assert len(list(out.glob("scene*_panel.png"))) == 3
   assert len(_outputs(nb, "image/png")) == 4  # 3 scenes + the user's image
 

@@ -169,6 +169,13 @@ def _abstract_params(config, tasks) -> dict[str, Any]:
 class Predictor:
   """A restored model that predicts every task on images of any size.
 
+  The model is built at ``config.data.image_size`` (``self.size``), the
+  size it was trained or converted at, and only ever sees that size: a
+  model whose parameters are sized by its token grid (learned position
+  embeddings, token-mixing layers) accepts no other. Each image is fitted
+  into it, aspect kept, and centre-padded (geometry.preprocess); each
+  prediction is cropped and resized back (geometry.restore).
+
   Images go through the jitted eval forward in batches of `batch_size`
   (the last one padded), so one compiled program serves every call and an
   image's prediction does not depend on what it is batched with.
