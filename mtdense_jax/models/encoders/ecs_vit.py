@@ -158,9 +158,10 @@ def block(p: Mapping[str, jax.Array], x: jax.Array, num_heads: int, *,
   q, k, v = qkv[0], qkv[1], qkv[2]
   attn = jax.nn.softmax((q @ jnp.swapaxes(k, -1, -2)) * hd ** -0.5, axis=-1)
   a = (attn @ v).transpose(0, 2, 1, 3).reshape(bsz, n, c)
+  rec["attn_out"] = a       # inputs of proj and fc1 (not Step 3 sites)
   o = rec["proj"] = _share(a @ p["proj_w"] + p["proj_b"], "proj", share, st)
   x = x + (drop(o) if drop else o)
-  h = layer_norm(x, p["norm2_w"], p["norm2_b"])
+  h = rec["norm2"] = layer_norm(x, p["norm2_w"], p["norm2_b"])
   f = rec["fc1"] = _share(h @ p["fc1_w"] + p["fc1_b"], "fc1", share, st)
   f = rec["act"] = common.gelu(f)
   f = rec["fc2"] = _share(f @ p["fc2_w"] + p["fc2_b"], "fc2", share, st)
