@@ -3,6 +3,7 @@ from the golden sidecars and load golden (PyTorch-layout) arrays."""
 
 from __future__ import annotations
 
+import pathlib
 from typing import Mapping
 
 from flax import nnx
@@ -16,6 +17,7 @@ from mtdense_jax.models.encoders import ecs_vit
 SITE_TORCH = {"norm1": "norm1", "qkv": "attn.qkv", "proj": "attn.proj",
               "fc1": "mlp.fc1", "act": "mlp.act", "fc2": "mlp.fc2"}
 BASE, SUB = "semseg", "human_parts"
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def model_config(cfg: Mapping, mode: str = "gates", **enc_kw) -> dict:

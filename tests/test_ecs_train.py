@@ -272,3 +272,53 @@ def test_poly_schedule_clamped_past_horizon():
   assert float(sched(0)) == pytest.approx(2e-5)
   assert float(sched(1)) == pytest.approx(2e-5 * (1 - 1 / 120000) ** 0.9)
   assert float(sched(120000)) == 0.0 and float(sched(187000)) == 0.0
+
+
+@pytest.mark.parametrize("name", [
+    "synthetic_ecs", pytest.param("pascal_ecs", marks=pytest.mark.slow),
+    pytest.param("nyud_ecs", marks=pytest.mark.slow)])  # ~20 s each
+def test_configs_stage_groups(name):
+  """Every ECS config validates; in every stage the right tensors train:
+  base backbone and base head only in stage 0, gate logits only in Step 1,
+  every sub-task tensor in its own task's group (per-task lr)."""
+  from mtdense_jax import config_check  # pylint: disable=g-import-not-at-top
+  from mtdense_jax.train import optim  # pylint: disable=g-import-not-at-top
+  cfg = config_defaults.load_module(
+      et.REPO / "configs" / f"{name}.py").get_config("runlocal")
+  config_check.validate(cfg)
+  base = cfg.model.encoder_kw.base_task
+  subs = [t for t in cfg.tasks if t != base]
+  meta = {"tasks": list(cfg.tasks),
+          "num_classes": {"semseg": 40 if "nyud" in name else 21,
+                          "human_parts": 7}}
+  modes = []
+  for i, stage in enumerate(cfg.stages):
+    scfg = stages_lib.stage_config(cfg, stage, pathlib.Path("/x"))
+    config_check.validate(scfg)
+    modes.append(scfg.model.encoder_kw.mode)
+    exp = loop.build_experiment(scfg, meta,
+                                shd.make_mesh(None, jax.devices()[:1]))
+    _, params, _ = state_lib.model_defs(exp.factory, loop.trainable(scfg))
+    labels = optim.group_labels(params, scfg.optim.groups,
+                                scfg.optim.freeze)
+    flat = {"/".join(str(getattr(k, "key", k)) for k in path): lab
+            for path, lab in jax.tree_util.tree_leaves_with_path(labels)}
+    for path, lab in flat.items():
+      parts = path.split("/")
+      if parts[:2] == ["encoder", "base"] or path.startswith(
+          f"decoder/heads/{base}/"):
+        assert (lab == "frozen") == (i > 0), (i, path, lab)
+      elif parts[1] in ("log_alpha", "log_alpha_tensor"):
+        assert (lab == "frozen") == (i != 1), (i, path, lab)
+        if i == 1:
+          assert lab == f"{parts[2]}_gates", (path, lab)
+      elif i > 0:
+        task = parts[2]
+        assert task in subs and lab.startswith(task + "_"), (path, lab)
+        want_nd = path.endswith("_b") or parts[-1] in ("global_tokens",
+                                                       "pos_emb")
+        assert lab.endswith("_no_decay") == want_nd, (path, lab)
+      else:
+        assert lab == "frozen", (path, lab)
+    jax.eval_shape(exp.tx.init, {"model": params, "weighting": {}})
+  assert modes == ["dense", "gates", "mask", "mask"]
