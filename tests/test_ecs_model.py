@@ -111,6 +111,21 @@ def test_sincos_pos_emb_and_checkpoint_interpolation(model_case):
   np.testing.assert_allclose(
       got, ecs_vit.from_torch_layout("pos_emb", g["pos_emb/interpolated"]),
       atol=1e-6)
+  # The CLI converter (DDP prefix stripped) fills the base backbone only.
+  head_before = np.asarray(model.decoder.heads[et.SUB].init["proj_w"][...])
+  out = ecs_vit.CONVERTERS["multimae"]({"module." + k: v for k, v in
+                                        ck.items()}, tasks=None,
+                                       build=lambda _: model)
+  for n in model.encoder.shapes:
+    want = (ecs_vit.from_torch_layout("pos_emb", g["pos_emb/interpolated"])
+            if n == "pos_emb" else et.enc_tensor(g, "param/base/", n))
+    np.testing.assert_allclose(np.asarray(out.encoder.base[n][...]), want,
+                               atol=1e-6, err_msg=n)
+  np.testing.assert_array_equal(
+      np.asarray(out.decoder.heads[et.SUB].init["proj_w"][...]), head_before)
+  with pytest.raises(KeyError, match="global_tokens"):
+    ecs_vit.from_torch({k: v for k, v in ck.items() if k != "global_tokens"},
+                       model.encoder)
 
 
 def test_model_forward_gates_sites_l0(model_case, monkeypatch):
