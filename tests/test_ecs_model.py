@@ -172,6 +172,17 @@ def test_model_forward_gates_sites_l0(model_case, monkeypatch):
   ev = model(image)
   np.testing.assert_allclose(et.nchw(ev["final"][et.SUB]),
                              g[f"output/sub/{et.SUB}"], **MODEL_TOL)
+  # The deterministic alternative (not reference behaviour).
+  enc.eval_gate = "louizos"
+  lz = enc.sub_weights(et.SUB)
+  for n in ("b0_qkv_w", "pos_emb", "patch_w"):
+    la = et.enc_tensor(g, "param/sub_log_alpha/", n)
+    la2 = g["param/sub_log_alpha_tensor/" + ecs_vit.torch_name(n)]
+    want = (et.enc_tensor(g, "param/base/", n)
+            + (np.asarray(hc.louizos_gate(jnp.asarray(la2)))
+               * np.asarray(hc.louizos_gate(jnp.asarray(la))))
+            * et.enc_tensor(g, "param/sub_delta/", n))
+    np.testing.assert_allclose(lz[n], want, atol=1e-6, rtol=0, err_msg=n)
 
 
 def test_step3_penalty_temporal_penalty_and_sharing(model_case, monkeypatch):
