@@ -322,3 +322,34 @@ def test_configs_stage_groups(name):
         assert lab == "frozen", (path, lab)
     jax.eval_shape(exp.tx.init, {"model": params, "weighting": {}})
   assert modes == ["dense", "gates", "mask", "mask"]
+
+
+@pytest.mark.parametrize("task,golden_name,kw", [
+    ("human_parts", "human_parts", {"num_classes": 7}),
+    ("semseg", "semseg", {"num_classes": 21}),
+    ("sal", "sal", {}),
+    ("edge", "edge", {}),
+    ("normals", "normal", {"loss_type": "l1_raw"}),
+])
+def test_reference_losses(golden, task, golden_name, kw):
+  """The task plugins with the options the ECS configs use reproduce the
+  reference scripts' losses (ecs_losses_a; rtol 1e-6 as the sidecar
+  suggests, 1e-6 absolute for float32 summation order)."""
+  from tests import task_testing as tt  # pylint: disable=g-import-not-at-top
+  g, meta = golden("ecs_losses_a")
+  t = tt.plugin_task(task, **kw)
+  got = float(t.loss(tt.jnhwc(g[f"{golden_name}/pred"]),
+                     tt.jnhwc(g[f"{golden_name}/label"])))
+  np.testing.assert_allclose(got, float(g[f"{golden_name}/loss"]),
+                             rtol=1e-6, atol=1e-6)
+  w = meta["losses"][golden_name]["weight_in_training_loss"]
+  np.testing.assert_allclose(w * got, float(g[f"{golden_name}/weighted_loss"]),
+                             rtol=1e-6, atol=1e-6 * w)
+  if task in ecs_recipe_weights():
+    assert ecs_recipe_weights()[task] == w
+
+
+def ecs_recipe_weights():
+  """The loss weights configs/pascal_ecs.py trains with."""
+  return config_defaults.load_module(
+      et.REPO / "configs" / "pascal_ecs.py").WEIGHTS
