@@ -9,6 +9,8 @@ relative away from every |difference|)."""
 
 from __future__ import annotations
 
+import functools
+
 from flax import nnx
 import jax
 import jax.numpy as jnp
@@ -20,6 +22,15 @@ from mtdense_jax.models.layers import hard_concrete as hc
 from tests import ecs_testing as et
 
 BLOCK_TOL = dict(atol=2e-5, rtol=1e-5)
+
+
+@functools.partial(jax.jit, static_argnums=(2,))
+def _block(p, x, heads, share=None):
+  """One jitted block call returning (output, hooked sites, sharing stats)
+  (a few compiles instead of one per eager op)."""
+  sites, stats = {}, {}
+  out = ecs_vit.block(p, x, heads, sites=sites, share=share, stats=stats)
+  return out, sites, stats
 MODEL_TOL = dict(atol=1e-4, rtol=1e-4)
 
 
@@ -28,6 +39,19 @@ def _block_params(g, prefix):
   return {inv[k[len(prefix):]]: jnp.asarray(ecs_vit.from_torch_layout(
       "b0_" + inv[k[len(prefix):]], v)) for k, v in g.items()
           if k.startswith(prefix)}
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3, 4))
+def _trace(w, image, patch, heads, depth):
+  """(embedded tokens, every block's output, every block's sites)."""
+  x = emb = ecs_vit.embed(w, image, patch)
+  outs, sites = [], []
+  for i in range(depth):
+    s = {}
+    x = ecs_vit.block(ecs_vit._block_params(w, i), x, heads, sites=s)  # pylint: disable=protected-access
+    outs.append(x)
+    sites.append(s)
+  return emb, outs, sites
 
 
 def test_block_gates_sites_penalty_and_sharing(golden):
@@ -49,8 +73,7 @@ def test_block_gates_sites_penalty_and_sharing(golden):
   sites = {}
   for tag, p, inp in (("base", base, x), ("sub_same_input", sub, x),
                       ("sub_own_input", sub, x_sub)):
-    sites[tag] = {}
-    out = ecs_vit.block(p, inp, heads, sites=sites[tag])
+    out, sites[tag], _ = _block(p, inp, heads)
     np.testing.assert_allclose(out, g[f"output/{tag}"], **BLOCK_TOL)
     for site, tname in et.SITE_TORCH.items():
       np.testing.assert_allclose(sites[tag][site], g[f"act/{tag}/{tname}"],
@@ -64,13 +87,10 @@ def test_block_gates_sites_penalty_and_sharing(golden):
         rtol=1e-5)
   th = float(g["sharing/threshold"][0])
   for thr, key in ((th, "sharing/output"), (0.0, "sharing/output_threshold0")):
-    stats = {}
-    out = ecs_vit.block(sub, x_sub, heads, share=(sites["base"], thr),
-                        stats=stats)
+    out, _, stats = _block(sub, x_sub, heads, (sites["base"], thr))
     np.testing.assert_allclose(out, g[key], **BLOCK_TOL, err_msg=key)
   want = meta["sharing"]["fraction_kept_nonshared_reference_stat"]
-  stats = {}
-  ecs_vit.block(sub, x_sub, heads, share=(sites["base"], th), stats=stats)
+  _, _, stats = _block(sub, x_sub, heads, (sites["base"], th))
   for site in ecs_vit.SHARE_SITES:
     assert float(stats[site]) == pytest.approx(want[et.SITE_TORCH[site]],
                                                abs=1e-7), site
@@ -137,15 +157,12 @@ def test_model_forward_gates_sites_l0(model_case, monkeypatch):
   # Base and sub-task backbones, block by block, with every hooked site.
   for tag, weights in (("base", enc.base_weights()),
                        ("sub", enc.sub_weights(et.SUB, nnx.Rngs(0)))):
-    x = ecs_vit.embed(weights, image, enc.patch)
+    x, outs, sites = _trace(weights, image, enc.patch, enc.num_heads,
+                            cfg["depth"])
     np.testing.assert_allclose(
         x[:, :-1], g[f"intermediate/{tag}/input_adapters.rgb"], **MODEL_TOL)
-    sites = []
-    ecs_vit.EcsViT.backbone(enc, weights, image, sites=sites)
-    x = ecs_vit.embed(weights, image, enc.patch)
     for i in range(cfg["depth"]):
-      x = ecs_vit.block(ecs_vit._block_params(weights, i), x, enc.num_heads)  # pylint: disable=protected-access
-      np.testing.assert_allclose(x, g[f"intermediate/{tag}/encoder.{i}"],
+      np.testing.assert_allclose(outs[i], g[f"intermediate/{tag}/encoder.{i}"],
                                  **MODEL_TOL, err_msg=f"{tag} block {i}")
       for site, tname in et.SITE_TORCH.items():
         np.testing.assert_allclose(
