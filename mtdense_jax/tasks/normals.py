@@ -24,7 +24,9 @@ Loss options (``loss_type=``): "l1" (default, InvPT above), "mse"
 defaults norm=2, normalize=False: squared error of the raw output, summed
 over non-ignored elements / their count, channels counted), "cosine" (CTAL's
 MTAN-style loss: 1 - sum over valid pixels of <p / |p|, g> / #valid, valid =
-not ignored and channel sum != 0).
+not ignored and channel sum != 0), "l1_raw" (sarashoouri/EfficientMTL@6946429
+Codes/Pascal_Train_VIT/normal/Step1.py ``L1Loss(normalize=False)``: the raw
+output, sum of |p - g| over valid pixels and channels / #valid pixels).
 
 Every statistic pools all valid pixels of the dataset. The median is not a
 sum, so it comes from a mergeable histogram: bins of 2**-11 deg (~4.9e-4 deg)
@@ -51,7 +53,7 @@ BIN_DEG = 2.0**-11  # median histogram resolution, degrees
 NUM_BINS = int(180 / BIN_DEG)
 THRESHOLDS = (11.25, 22.5, 30.0)
 _THRESHOLD_KEYS = ("11.25", "22.5", "30")
-LOSSES = ("l1", "mse", "cosine")
+LOSSES = ("l1", "mse", "cosine", "l1_raw")
 # Stored unit vectors may exceed 1 by rounding; anything beyond is wrong.
 _UNIT_SLACK = 1e-3
 
@@ -169,7 +171,7 @@ class Task(base.Task):
       ok = label != base.IGNORE
       err = jnp.where(ok, jnp.square(pred - label), 0.0)
       return jnp.sum(err) / jnp.maximum(jnp.sum(ok), 1).astype(jnp.float32)
-    out = l2_normalize(pred)
+    out = pred if self.loss_type == "l1_raw" else l2_normalize(pred)
     ok = base.valid_pixels(label)
     if self.loss_type == "cosine":
       ok &= jnp.sum(jnp.where(ok[..., None], label, 0.0), axis=-1) != 0
