@@ -72,7 +72,8 @@ def test_every_method_trains_in_params_mode(data_dir, name):
   _check_trains(method_config(data_dir, name, mode="params"))
 
 
-@pytest.mark.parametrize("name", ["mgda_ub", "nash_mtl"])
+@pytest.mark.parametrize("name", [
+    "mgda_ub", pytest.param("nash_mtl", marks=pytest.mark.slow)])
 def test_representation_mode_trains(data_dir, name):
   _check_trains(method_config(data_dir, name, mode="representation"))
 
@@ -160,9 +161,12 @@ def _one_step(cfg, devices, duplicate_rows=False):
   acc = jax.device_put(step_lib.zero_acc(exp.tasks, exp.weighting),
                        shd.replicated(exp.mesh))
   state, metrics, acc = fn(state, shd.global_batch(batch, exp.mesh), acc)
-  assert float(acc["count"]) == 1 and set(acc) <= set(metrics)
+  assert float(acc["count"]) == 1 and set(acc) - {"count"} <= set(metrics)
+  sharded = [not s.is_fully_replicated
+             for s in jax.tree.leaves(shardings["params"])]
   return ({k: float(v) for k, v in jax.device_get(metrics).items()},
-          _host({k: state[k] for k in ("params", "wstate", "opt")}))
+          _host({k: state[k] for k in ("params", "wstate", "opt")}),
+          any(sharded))
 
 
 def _assert_same(got, want, what, rtol=1e-4):
@@ -179,8 +183,9 @@ def _assert_same(got, want, what, rtol=1e-4):
                                err_msg=f"{what}: {shd.path_str(path)}")
 
 
-@pytest.mark.parametrize("mode,name", [("params", "cagrad"),
-                                       ("representation", "mgda_ub")])
+@pytest.mark.parametrize("mode,name", [
+    ("params", "cagrad"),
+    pytest.param("representation", "mgda_ub", marks=pytest.mark.slow)])
 def test_accumulation_equals_one_step(data_dir, mode, name):
   """Two identical micro-batches (rows duplicated) give the one-step
   result: params mode sums the per-task gradients before the Gram matrix,
@@ -192,8 +197,9 @@ def test_accumulation_equals_one_step(data_dir, mode, name):
   _assert_same(got, want, f"{name} {mode} grad_accum=2")
 
 
-@pytest.mark.parametrize("mode,name", [("params", "nash_mtl"),
-                                       ("representation", "imtl")])
+@pytest.mark.parametrize("mode,name", [
+    pytest.param("params", "nash_mtl", marks=pytest.mark.slow),
+    ("representation", "imtl")])
 def test_two_devices_equal_one(data_dir, mode, name):
   """Data-parallel batch and fsdp-sharded params (so the per-task gradients
   are sharded too) on 2 devices give the 1-device step."""
@@ -202,9 +208,11 @@ def test_two_devices_equal_one(data_dir, mode, name):
   cfg.sharding.strategy = "fsdp"
   cfg.sharding.min_size = 64
   got = _one_step(cfg, jax.devices()[:2])
+  assert got[2] and not want[2], "fsdp should shard some parameters"
   _assert_same(got, want, f"{name} {mode} on 2 devices")
 
 
+@pytest.mark.slow
 def test_method_state_resumes_exactly(data_dir, tmp_path):
   """GradNorm's weights and Adam moments live in the checkpointed state: a
   run killed after its step-2 checkpoint and resumed matches a straight
@@ -230,3 +238,13 @@ def test_method_state_resumes_exactly(data_dir, tmp_path):
     for x, y in zip(jax.tree.leaves(got["resumed"][part]),
                     jax.tree.leaves(got["straight"][part])):
       np.testing.assert_array_equal(x, y, err_msg=part)
+
+
+def test_config_check_names_both_kinds(data_dir):
+  cfg = method_config(data_dir, "nash_mtl")
+  config_check.validate(cfg)
+  cfg.weighting.name = "nash"
+  with pytest.raises(config_check.ConfigError,
+                     match=r"config.weighting.name: .*Loss weightings: .*lps"
+                           r".*gradient methods: .*nash_mtl"):
+    config_check.validate(cfg)
