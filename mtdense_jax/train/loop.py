@@ -270,7 +270,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
   boundary = make_boundary_eval(exp, defs, shardings)
   start = int(jax.device_get(state["step"]))
   progress = writers.Progress(tcfg.steps, start)
-  acc = jax.device_put(step_lib.zero_acc(exp.tasks, exp.weighting), shd.replicated(exp.mesh))
+  acc = jax.device_put(step_lib.zero_acc(exp.tasks, exp.weighting),
+                       shd.replicated(exp.mesh))
   metrics = {}
   first = report.Timer("Compiling the train step (first step)",
                        "First step (compile included)") \
