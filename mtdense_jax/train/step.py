@@ -260,8 +260,9 @@ def _method_grads(method: gm_base.Method, state, batch, dropout, *, defs,
         model.encoder(micro["image"], rngs=nnx.Rngs(dropout=0))))
     return jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shapes)
 
-  def gram_input(stats, micro, key):
-    """(losses, rest), terms, stats and the per-task probe gradients."""
+  def gram_part(stats, micro, key):
+    """((losses, rest), terms, stats, what the Gram matrix needs): the
+    per-task gradients (params), or their Gram matrix (representation)."""
     if representation:
       probe = lambda z: fn(shared, other, z, stats, micro, key)
       primal = feature_zeros(micro)
@@ -272,7 +273,8 @@ def _method_grads(method: gm_base.Method, state, batch, dropout, *, defs,
                                                      has_aux=True)
     losses = ordered(losses)
     (rows,) = jax.vmap(vjp_fn)(gm_base.task_rows(losses, rest, False))
-    return (losses, rest), terms, stats, rows
+    part = gm_base.gram(rows) if representation else rows
+    return (losses, rest), terms, stats, part
 
   t = len(tasks)
   if k == 1:
@@ -306,15 +308,13 @@ def _method_grads(method: gm_base.Method, state, batch, dropout, *, defs,
     def first_pass(carry, xs):
       stats, sums = carry
       micro, key = xs
-      outs, terms, stats, rows = gram_input(stats, micro, key)
-      part = gm_base.gram(rows) if representation else rows
+      outs, terms, stats, part = gram_part(stats, micro, key)
       return (stats, jax.tree.map(jnp.add, sums, (outs, terms, part))), None
 
     first = jax.tree.map(lambda x: x[0], micros)
-    shapes = jax.eval_shape(
-        lambda: (lambda o, tm, _, r: (o, tm, gm_base.gram(r) if
-                                      representation else r))(
-            *gram_input(state["batch_stats"], first, dropout)))
+    outs, terms, _, part = jax.eval_shape(
+        lambda: gram_part(state["batch_stats"], first, dropout))
+    shapes = (outs, terms, part)
     zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shapes)
     (_, sums), _ = jax.lax.scan(first_pass, (state["batch_stats"], zeros),
                                 (micros, keys))
