@@ -136,10 +136,12 @@ def fresh_state(init, exp, weighting, stl_task=None):
   wparams, wstate = weighting.init(list(exp.tasks))
   if stl_task is not None:
     wstate = {"w": jnp.asarray([float(t == stl_task) for t in exp.tasks])}
-  return {"step": jnp.zeros((), jnp.int32), "params": params,
-          "batch_stats": jax.tree.map(jnp.array, init["batch_stats"]),
-          "wparams": wparams, "wstate": wstate,
-          "opt": exp.tx.init({"model": params, "weighting": wparams})}
+  state = {"step": jnp.zeros((), jnp.int32), "params": params,
+           "batch_stats": init["batch_stats"], "wparams": wparams,
+           "wstate": wstate,
+           "opt": exp.tx.init({"model": params, "weighting": wparams})}
+  # One buffer per leaf (inits share zeros arrays; the step donates them).
+  return jax.tree.map(lambda x: jnp.array(x, copy=True), state)
 
 
 def train(compiled, state, exp, weighting, seed, steps):
@@ -173,7 +175,7 @@ def nested(flat: dict) -> dict:
   return out
 
 
-def run_combo(args, taskset, decoder, methods, records, out):
+def run_combo(args, taskset, decoder, methods, records, out, done):
   cfg = make_config(args, taskset, decoder)
   devices = jax.devices()[:1]
   exp = loop.setup(cfg, devices)
@@ -195,6 +197,15 @@ def run_combo(args, taskset, decoder, methods, records, out):
     stl_metrics = {}
     mtl = []
     for spec, stl_task in runs:
+      key = (taskset, decoder, spec, stl_task, seed)
+      if key in done:   # --resume: this run is in --out already
+        rec = done[key]
+        records.append(rec)
+        if stl_task is not None:
+          stl_metrics[stl_task] = nested(rec["metrics"])[stl_task]
+        else:
+          mtl.append(rec)
+        continue
       weighting = weighting_for(spec, tasks)
       state = fresh_state(init, seed_exp, weighting, stl_task)
       if spec not in compiled:
@@ -316,6 +327,8 @@ def main(argv=None):
   ap.add_argument("--depth", type=int, default=3,
                   help="ViT blocks (>= 3: the decoders tap three)")
   ap.add_argument("--out", default="runs/mtl_methods/results.json")
+  ap.add_argument("--resume", action="store_true", help="keep the runs "
+                  "already in --out (same --steps) and do the rest")
   ap.add_argument("--report", action="store_true", help="only print the "
                   "table and plot of an existing --out (e.g. a partial run)")
   args = ap.parse_args(argv)
@@ -326,6 +339,12 @@ def main(argv=None):
     plot(records, methods, out.with_suffix(".png"))
     print(summarise(records, methods))
     return
+  done = {}
+  if args.resume and out.exists():
+    for r in json.loads(out.read_text())["runs"]:
+      if r["steps"] == args.steps:
+        done[(r["taskset"], r["decoder"], r["method"], r["stl_task"],
+              r["seed"])] = r
   runtime.initialize()
   runtime.quiet_logs()
   records = []
@@ -335,7 +354,7 @@ def main(argv=None):
         f"{jax.devices()[0].platform}", flush=True)
   for decoder in args.decoders.split(","):
     for taskset in args.tasksets.split(","):
-      run_combo(args, taskset, decoder, methods, records, out)
+      run_combo(args, taskset, decoder, methods, records, out, done)
       print(summarise(records, methods), flush=True)
   plot(records, methods, out.with_suffix(".png"))
   print(summarise(records, methods))
