@@ -11,7 +11,8 @@ the model of configs/nyud_invpt.py (``tiny`` = its runlocal model):
 ``representation`` = `representation_step` (the encoder output is the
 shared feature), both with `--method`. Memory is XLA's compiled temp
 allocation (``memory_analysis().temp_size_in_bytes``), deterministic on any
-backend. Until the train step calls the methods, this is their cost model.
+backend. The train step runs the same computation (`train/step.py`
+``_method_grads``); benchmarks/mtl_methods.py times whole train steps.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def build(cfg, exp, batch):
   dec_def, dec_p, dec_s = state_lib.split_model(model.decoder)
   image = jnp.asarray(batch["image"])
   labels = {k: jnp.asarray(v) for k, v in batch.items() if k != "image"}
-  aux_weight = cfg.loss.aux_weight
+  loss_cfg = step_lib.LossConfig.from_config(cfg.loss)
 
   def encode_fn(p):
     return nnx.merge(enc_def, p, enc_s, copy=True)(
@@ -52,7 +53,8 @@ def build(cfg, exp, batch):
   def heads_fn(o, z):
     preds = nnx.merge(dec_def, o, dec_s, copy=True)(
         z, rngs=nnx.Rngs(dropout=1))
-    return step_lib.task_losses(exp.tasks, preds, labels, aux_weight), None
+    terms = step_lib.loss_terms(exp.tasks, preds, labels, loss_cfg)
+    return step_lib.split_terms(terms, loss_cfg)[0], None
 
   return encode_fn, heads_fn, enc_p, dec_p
 

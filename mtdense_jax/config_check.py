@@ -57,8 +57,8 @@ def validate(config: mlc.ConfigDict) -> None:
   checks = [("task", t, f"config.tasks entry {t!r}") for t in config.tasks]
   checks += [("encoder", config.model.encoder, "config.model.encoder"),
              ("decoder", config.model.decoder, "config.model.decoder"),
-             ("weighting", config.weighting.name, "config.weighting.name"),
              ("dataset", config.data.name, "config.data.name")]
+  _weighting_check(config.weighting.name)
   for kind, name, where in checks:
     if "." in str(name):   # An external plugin: importing it is the check.
       try:
@@ -74,6 +74,16 @@ def validate(config: mlc.ConfigDict) -> None:
   errors = check_values(config)
   if errors:
     raise ConfigError("\n".join(errors))
+
+
+def _weighting_check(name: str) -> None:
+  """config.weighting.name: a loss weighting or a gradient method."""
+  # pylint: disable-next=g-import-not-at-top
+  from mtdense_jax.gradmethods import base as gm_base
+  try:
+    gm_base.resolve(str(name))
+  except KeyError as e:
+    raise ConfigError(f"config.weighting.name: {e.args[0]}") from None
 
 
 def _is_int(v: Any) -> bool:

@@ -59,11 +59,19 @@ class Method:
 
   mode: str = "params"
   base_weights: Mapping[str, float] = dataclasses.field(default_factory=dict)
+  # Top-level parameter branches whose gradient the method combines (the
+  # train step); every other branch gets the gradient of sum_t w_t L_t.
+  shared: Sequence[str] = ("encoder",)
 
   def __post_init__(self):
     if self.mode not in ("params", "representation"):
       raise ValueError(f"{type(self).__module__}: mode must be 'params' or "
                        f"'representation', got {self.mode!r}")
+    if isinstance(self.shared, str) or not self.shared:
+      raise ValueError(f"{type(self).__module__}: shared must be a non-empty "
+                       f"sequence of parameter branch names, got "
+                       f"{self.shared!r}")
+    object.__setattr__(self, "shared", tuple(self.shared))
 
   def init(self, task_names: Sequence[str]) -> dict:
     """Returns the (non-trainable) state, a dict of jnp arrays."""
@@ -209,12 +217,92 @@ def representation_step(method: Method, encode_fn, heads_fn, shared: PyTree,
 
 def resolve(name: str) -> tuple[str, Any]:
   """`config.weighting.name` -> ("weighting" | "gradmethod", module): loss
-  weightings first, then gradient methods, so one key selects either."""
-  if "." not in name and name in registry.available("weighting"):
+  weightings first, then gradient methods, so one key selects either. A
+  dotted (external) module is whichever kind its entry point says."""
+  if "." in name:
+    for kind in ("weighting", "gradmethod"):
+      try:
+        return kind, registry.lookup(kind, name)
+      except KeyError as e:
+        error = e
+    raise KeyError(f"weighting.name {name!r}: defines neither 'Weighting' "
+                   f"nor 'Method' ({error.args[0]})")
+  if name in registry.available("weighting"):
     return "weighting", registry.lookup("weighting", name)
-  if "." not in name and name not in registry.available("gradmethod"):
+  if name not in registry.available("gradmethod"):
     raise KeyError(
         f"Unknown weighting.name {name!r}. Loss weightings: "
         f"{', '.join(registry.available('weighting'))}; gradient methods: "
         f"{', '.join(registry.available('gradmethod'))}.")
   return "gradmethod", registry.lookup("gradmethod", name)
+
+
+@dataclasses.dataclass(frozen=True)
+class InWeightingSlot:
+  """A gradient method where the train state keeps the loss weighting: no
+  trainable parameters, the method's state is ``wstate`` (so it is sharded,
+  donated and checkpointed like LPS's history). The train step sees this
+  type and asks for per-task gradients instead of calling a weighting."""
+
+  method: Method
+
+  def init(self, task_names: Sequence[str]) -> tuple[dict, dict]:
+    return {}, self.method.init(task_names)
+
+  @property
+  def base_weights(self) -> Mapping[str, float]:
+    return self.method.base_weights
+
+
+def build(name: str, kw: Mapping[str, Any] | None = None) -> Any:
+  """``config.weighting`` -> a loss weighting, or a gradient method in the
+  weighting slot (`InWeightingSlot`)."""
+  kind, module = resolve(name)
+  kw = dict(kw or {})
+  if kind == "weighting":
+    return module.Weighting(**kw)
+  return InWeightingSlot(module.Method(**kw))
+
+
+# ----------------------------------------------------------------------------
+# Pieces the train step assembles (mtdense_jax/train/step.py). Losses come as
+# ({task: L_t}, {name: R_n}): R_n are terms outside the method (aux terms
+# added after the weighting, model regularisers) that enter with weight 1.
+
+
+def task_rows(losses: Losses, rest: Mapping[str, jax.Array],
+              with_rest: bool) -> tuple[dict, dict]:
+  """Cotangents with a leading row axis for one vmapped vjp: row t selects
+  L_t; with ``with_rest`` (and rest terms present) a last row selects their
+  sum, so combining the rows with (w, 1) gives the full gradient."""
+  tasks = list(losses)
+  n = len(tasks) + (1 if with_rest and rest else 0)
+  eye = jnp.eye(n)
+  return ({t: eye[:, i].astype(jnp.asarray(losses[t]).dtype)
+           for i, t in enumerate(tasks)},
+          {k: (eye[:, -1] if with_rest else jnp.zeros((n,))).astype(
+              jnp.asarray(v).dtype) for k, v in rest.items()})
+
+
+def weighted_cotangent(losses: Losses, rest: Mapping[str, jax.Array],
+                       w: jax.Array) -> tuple[dict, dict]:
+  """The cotangent of sum_t w_t L_t + sum_n R_n."""
+  return ({t: w[i].astype(jnp.asarray(losses[t]).dtype)
+           for i, t in enumerate(losses)},
+          {k: jnp.ones((), jnp.asarray(v).dtype) for k, v in rest.items()})
+
+
+def row_weights(w: jax.Array, rows: PyTree) -> jax.Array:
+  """(w, 1) when the rows carry a rest row, else w."""
+  n = jax.tree.leaves(rows)[0].shape[0]
+  return jnp.concatenate([w, jnp.ones((n - w.shape[0],), w.dtype)])
+
+
+def first_rows(rows: PyTree, t: int) -> PyTree:
+  return jax.tree.map(lambda x: x[:t], rows)
+
+
+def cosines(g: jax.Array) -> jax.Array:
+  """Pairwise cosine similarities from a Gram matrix."""
+  d = jnp.sqrt(jnp.maximum(jnp.diag(g), 1e-30))
+  return g / d[:, None] / d[None, :]

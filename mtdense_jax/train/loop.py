@@ -20,9 +20,10 @@ from jax.experimental import multihost_utils
 import optax
 from jax.sharding import Mesh
 
-from mtdense_jax import registry, runtime
+from mtdense_jax import runtime
 from mtdense_jax.data import pipeline, sources
 from mtdense_jax.evaluators import dense
+from mtdense_jax.gradmethods import base as gm_base
 from mtdense_jax.tasks import base as task_base
 from mtdense_jax.train import checkpointing as ckpt
 from mtdense_jax.train import optim
@@ -73,8 +74,9 @@ def build_tasks(config, meta: Mapping[str, Any]) -> dict[str, task_base.Task]:
 
 
 def build_weighting(config):
-  module = registry.lookup("weighting", config.weighting.name)
-  return module.Weighting(**dict(config.weighting.get("kw", {}) or {}))
+  """A loss weighting or a gradient method, by ``config.weighting.name``."""
+  return gm_base.build(config.weighting.name,
+                       config.weighting.get("kw", {}) or {})
 
 
 def setup(config, devices=None) -> Experiment:
@@ -269,7 +271,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
   boundary = make_boundary_eval(exp, defs, shardings)
   start = int(jax.device_get(state["step"]))
   progress = writers.Progress(tcfg.steps, start)
-  acc = jax.device_put(step_lib.zero_acc(exp.tasks), shd.replicated(exp.mesh))
+  acc = jax.device_put(step_lib.zero_acc(exp.tasks, exp.weighting),
+                       shd.replicated(exp.mesh))
   metrics = {}
   first = report.Timer("Compiling the train step (first step)",
                        "First step (compile included)") \
@@ -288,7 +291,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     if step % tcfg.log_every == 0 or step % tcfg.ckpt_every == 0 or is_last:
       means = _mean(acc)
       _check_finite(means, step)
-      acc = jax.device_put(step_lib.zero_acc(exp.tasks),
+      acc = jax.device_put(step_lib.zero_acc(exp.tasks, exp.weighting),
                            shd.replicated(exp.mesh))
       means["lr"] = float(exp.schedule(step - 1))
       writer.scalars(step, means, prefix="train/")
