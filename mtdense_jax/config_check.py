@@ -227,10 +227,13 @@ def check_values(config: mlc.ConfigDict) -> list[str]:
     errors.append(f"config.optim.total_steps={config.optim.total_steps} must "
                   f"exceed config.optim.warmup_steps="
                   f"{config.optim.warmup_steps}.")
-  if config.eval.boundary.matcher not in ("bsds", "max_cardinality"):
-    errors.append(f"config.eval.boundary.matcher="
-                  f"{config.eval.boundary.matcher!r}: expected 'bsds' or "
-                  "'max_cardinality'.")
+  if config.eval.boundary.enabled:
+    # Imported only here: the matchers pull in numba and pyEdgeEval.
+    from mtdense_jax.evaluators import boundary  # pylint: disable=g-import-not-at-top
+    if config.eval.boundary.matcher not in boundary.MATCHERS:
+      errors.append(f"config.eval.boundary.matcher="
+                    f"{config.eval.boundary.matcher!r}: expected one of "
+                    f"{sorted(boundary.MATCHERS)}.")
   errors += _plugin_checks(config, not any(k.startswith("optim.")
                                            for k in bad))
   if "data.image_size" not in bad:

@@ -62,6 +62,19 @@ def test_bad_value_names_the_key(key, value, message):
       e.value.lines()
 
 
+def test_boundary_matcher_checked_against_the_evaluator():
+  cfg = _cfg()
+  cfg.eval.boundary.enabled = True
+  cfg.eval.boundary.matcher = "bsds_csa"
+  config_check.validate(cfg)
+  cfg.eval.boundary.matcher = "hungarian"
+  with pytest.raises(config_check.ConfigError) as e:
+    config_check.validate(cfg)
+  assert any(line.startswith("config.eval.boundary.matcher='hungarian': "
+                             "expected one of ['bsds', 'bsds_csa'")
+             for line in e.value.lines()), e.value.lines()
+
+
 def test_every_shipped_config_is_valid():
   for path in sorted((REPO / "configs").glob("*.py")):
     config_check.validate(config_check.load_config_file(str(path)))

@@ -202,7 +202,7 @@ def apply_crop(arr: np.ndarray, crop: Crop | None) -> np.ndarray:
 
 # name -> (gt, max_dist) -> a per-image matcher (``.pixels(ys, xs, seed)``).
 # "bsds" and "bsds_csa" give the same counts (boundary_assign's doc).
-_MATCHERS = {"bsds": boundary_assign.Assign,
+MATCHERS = {"bsds": boundary_assign.Assign,
              "bsds_csa": match_lib.Bsds,
              "max_cardinality": match_lib.MaxCardinality}
 
@@ -260,7 +260,7 @@ def image_counts(prob: np.ndarray, gt: np.ndarray, max_dist: float,
   thr = resolve_thresholds(thresholds)
   if indices is not None:
     thr = thr[np.asarray(indices, int)]
-  match = _MATCHERS[matcher]  # KeyError names the matcher
+  match = MATCHERS[matcher]  # KeyError names the matcher
   e = apply_crop(prob, crop).astype(np.float32)
   g = gt_boundaries(apply_crop(gt, crop), gt_mode)
   if e.shape != g.shape:
@@ -391,8 +391,8 @@ class BoundaryEvaluator:
                quantize: bool = True, processes: int = 0,
                matcher: str = "bsds", seed: int | None = DEFAULT_SEED,
                chunks: int = 1):
-    if matcher not in _MATCHERS:
-      raise ValueError(f"matcher must be one of {sorted(_MATCHERS)}, got "
+    if matcher not in MATCHERS:
+      raise ValueError(f"matcher must be one of {sorted(MATCHERS)}, got "
                        f"{matcher!r}")
     self.max_dist = float(max_dist)
     self.thresholds = resolve_thresholds(thresholds)
