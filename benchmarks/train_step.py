@@ -22,7 +22,8 @@ params_used) and compile_s. ``--mode forward`` times the eval-mode forward
 ``--encoder NAME`` is configs/synthetic_baseline.py:encoder=NAME (the
 baseline decoder), ``--model NAME`` is configs/synthetic_NAME.py; both run at
 ``--hw`` (default 128x128) with the synthetic scenes' head sizes, and the row
-adds ms per image.
+adds ms per image. Run as a script, the persistent compilation cache is on
+as for launch.py (MTDENSE_JAX_CACHE=DIR or =off for a cold compile_s).
 
 Measures the framework's own train step (``loop.compile_train_step`` over
 ``state.init_state``: forward, deep-supervision losses, loss weighting,
@@ -58,7 +59,7 @@ import jax  # pylint: disable=g-import-not-at-top
 import ml_collections as mlc
 import numpy as np
 
-from mtdense_jax import config_check
+from mtdense_jax import config_check, runtime
 from mtdense_jax.data import sources
 from mtdense_jax.train import loop
 from mtdense_jax.train import sharding as shd
@@ -468,4 +469,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+  # The persistent compilation cache as launch.py uses it: compile_s is the
+  # cached figure once a configuration ran (MTDENSE_JAX_CACHE=off: cold).
+  runtime.initialize()
   sys.exit(main())
