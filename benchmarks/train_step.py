@@ -99,11 +99,13 @@ def dataset_meta(cfg) -> dict[str, Any]:
   return sources.dataset_meta(sources.get_builder(cfg.data))
 
 
-def make_experiment(cfg, meta: dict[str, Any] | None = None
-                    ) -> loop.Experiment:
-  """loop.setup without the dataset (metadata only)."""
-  return loop.build_experiment(cfg, meta or dataset_meta(cfg),
-                               shd.make_mesh(cfg.mesh))
+def make_experiment(cfg, meta: dict[str, Any] | None = None,
+                    devices: int = 0) -> loop.Experiment:
+  """loop.setup without the dataset (metadata only), on the first
+  `devices` devices (0: all)."""
+  return loop.build_experiment(
+      cfg, meta or dataset_meta(cfg),
+      shd.make_mesh(cfg.mesh, jax.devices()[:devices or None]))
 
 
 def load_ref_config(spec: str) -> dict[str, Any]:
@@ -246,11 +248,11 @@ def eval_forward(params, batch_stats, image, *, graphdef) -> dict:
 def measure(cfg, label: str, steps: int, warmup: int,
             peak_tflops: float | None, profile_dir: str = "",
             overhead: bool = False, meta: dict[str, Any] | None = None,
-            mode: str = "train") -> dict[str, Any]:
+            mode: str = "train", devices: int = 0) -> dict[str, Any]:
   """Compiles the real train step (``mode="train"``) or the eval forward
   (``"forward"``) and times `steps` calls after `warmup`, each blocked on
   all of its outputs inside the timed region."""
-  exp = make_experiment(cfg, meta)
+  exp = make_experiment(cfg, meta, devices)
   hw, batch = tuple(cfg.data.image_size), cfg.train.batch_size
   defs, state, shardings = state_lib.init_state(
       exp.factory, exp.tx, exp.weighting, list(exp.tasks), exp.mesh,
@@ -381,6 +383,9 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--model", default="",
                  help="comma list of NAME for configs/synthetic_NAME.py, "
                  "e.g. taskprompter,invpt")
+  p.add_argument("--devices", type=int, default=None,
+                 help="use the first N devices (default: all; 1 with "
+                 "--ref-config, as the single-process reference)")
   p.add_argument("--json", action="store_true",
                  help="print one JSON line per row on stdout (the table "
                  "goes to stderr)")
@@ -435,11 +440,13 @@ def main(argv=None) -> int:
   text = sys.stderr if args.json else sys.stdout
   rows = []
   for label, cfg, meta, ref in jobs(args):
+    devices = args.devices if args.devices is not None else (
+        1 if ref is not None else 0)
     row = measure(cfg, label, args.steps, args.warmup, args.peak_tflops,
-                  args.profile, args.host_overhead, meta, args.mode)
+                  args.profile, args.host_overhead, meta, args.mode, devices)
     rows.append(row)
     if ref is not None:
-      check_heads(make_experiment(cfg, meta), ref["task_outputs"])
+      check_heads(make_experiment(cfg, meta, devices), ref["task_outputs"])
       if row["params"] != ref["params_used"]:
         print(f"WARNING: {row['params']:,} parameters, the reference "
               f"{ref['name']} trains {ref['params_used']:,}: not the same "
