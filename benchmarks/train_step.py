@@ -84,12 +84,16 @@ def make_config(backbone: str, config_file: str, hw: tuple[int, int],
 
 
 def sized_config(spec: str, hw: tuple[int, int], batch: int, dtype: str):
-  """Any config file ('path.py[:arg]') at image size `hw` and `batch`."""
-  cfg = config_check.load_config_file(spec)
-  cfg.data.image_size = hw
-  cfg.train.batch_size = batch
-  cfg.model.dtype = dtype
-  config_check.validate(cfg)
+  """Any config file ('path.py[:arg]') at image size `hw` and `batch`;
+  a bad config exits with its one-line error."""
+  try:
+    cfg = config_check.load_config_file(spec)
+    cfg.data.image_size = hw
+    cfg.train.batch_size = batch
+    cfg.model.dtype = dtype
+    config_check.validate(cfg)
+  except config_check.ConfigError as e:
+    raise SystemExit(f"{spec}: {e}") from None
   return cfg
 
 
