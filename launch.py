@@ -3,6 +3,8 @@ r"""Entry point: python launch.py --config configs/x.py[:arg] --workdir W.
   --config.a.b=v      override any config field (unknown keys are an error)
   --mode train|eval   eval restores only the params of the latest (or
                       --checkpoint/--step) checkpoint and runs every metric
+Compiled programs are kept in ~/.cache/mtdense_jax/jit (config.compile_cache;
+MTDENSE_JAX_CACHE=DIR or =off), so a rerun or resume starts in seconds.
 Multi-process (SLURM, TPU pods, or JAX_COORDINATOR_ADDRESS/JAX_NUM_PROCESSES/
 JAX_PROCESS_ID) is detected by jax.distributed.initialize().
 """
@@ -27,10 +29,12 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   del argv
-  runtime.initialize()
+  config = _CONFIG.value
+  # Multi-host (before anything touches a backend) and the persistent
+  # compilation cache (config.compile_cache).
+  runtime.initialize(config=config)
   # absl.app turns INFO on, and orbax/TFDS are very chatty at INFO.
   runtime.quiet_logs(verbose=FLAGS["verbosity"].present)
-  config = _CONFIG.value
   try:
     config_check.validate(config)
   except config_check.ConfigError as e:

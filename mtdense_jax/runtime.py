@@ -18,9 +18,58 @@ _MULTIPROCESS_ENV = ("JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS",
                      "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS")
 
 
-def initialize(cache_dir: str | None = None) -> None:
-  """Multi-process init when the environment asks for it, and a persistent
-  compilation cache (compiles dominate short CPU runs).
+# The persistent compilation cache: on by default (a rerun or resume of the
+# same config loads its compiled programs instead of compiling for a minute).
+CACHE_ENV = "MTDENSE_JAX_CACHE"   # a directory, or one of _OFF
+_OFF = ("off", "none", "0", "false")
+# Programs that compile faster than this are not written: they cost less to
+# compile than to read back. Low, because start-up is many small programs.
+CACHE_MIN_COMPILE_SECS = 0.2
+
+
+def default_cache_dir() -> pathlib.Path:
+  """$XDG_CACHE_HOME (or ~/.cache)/mtdense_jax/jit."""
+  base = os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache"
+  return pathlib.Path(base) / "mtdense_jax" / "jit"
+
+
+def compilation_cache_dir(config=None) -> str | None:
+  """Where compiled programs persist, or None when the cache is off.
+
+  Off when ``config.compile_cache.enabled`` is False or $MTDENSE_JAX_CACHE
+  is "off"; else the first set of ``config.compile_cache.dir``,
+  $MTDENSE_JAX_CACHE and `default_cache_dir`.
+  """
+  cc = config.get("compile_cache", None) if config is not None else None
+  env = os.environ.get(CACHE_ENV, "").strip()
+  if env.lower() in _OFF or (cc is not None and not cc.get("enabled", True)):
+    return None
+  return str((cc.get("dir", None) if cc is not None else None) or env or
+             default_cache_dir())
+
+
+def use_compilation_cache(directory: str | None,
+                          min_compile_secs: float = CACHE_MIN_COMPILE_SECS
+                          ) -> None:
+  """Turns the persistent compilation cache on at `directory` (None: off).
+
+  Takes effect for the next compilation even when this process already
+  compiled with another setting (jax otherwise fixes the cache at its first
+  use).
+  """
+  from jax.experimental.compilation_cache import compilation_cache  # pylint: disable=g-import-not-at-top
+  jax.config.update("jax_enable_compilation_cache", directory is not None)
+  if directory is not None:
+    jax.config.update("jax_compilation_cache_dir", str(directory))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs",
+                      float(min_compile_secs))
+  compilation_cache.reset_cache()
+
+
+def initialize(cache_dir: str | None = None, config=None) -> None:
+  """Multi-process init when the environment asks for it, and the
+  persistent compilation cache (compiles dominate short CPU runs):
+  `cache_dir` if given, else `compilation_cache_dir(config)`.
 
   ``MTDENSE_CPU_DEVICES=n`` gives each process n CPU devices (set before
   any backend starts), so a multi-host run can be rehearsed on one machine
@@ -38,11 +87,7 @@ def initialize(cache_dir: str | None = None) -> None:
     jax.distributed.initialize(**kw)
     logging.info("jax.distributed: process %d of %d", jax.process_index(),
                  jax.process_count())
-  cache_dir = cache_dir or os.environ.get(
-      "MTDENSE_JAX_CACHE",
-      str(pathlib.Path.home() / ".cache" / "mtdense_jax" / "jit"))
-  jax.config.update("jax_compilation_cache_dir", cache_dir)
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+  use_compilation_cache(cache_dir or compilation_cache_dir(config))
 
 
 # Libraries whose INFO/WARNING records a user cannot act on (orbax's
