@@ -12,8 +12,9 @@ depth RMSE well below the mean-depth RMSE, normals mean angle well below the
 mean-normal error. Running it again with the same workdir resumes.
 
 Args (``configs/synthetic_baseline.py:arg=value,...``):
-  encoder: "vit" (a 6-block ViT) or a Swin "swin_t|s|b|l" (all four stages,
-    two blocks each; the decoder resizes its stride-4..32 maps to stride 16)
+  encoder: "vit" (a 6-block ViT) or a Swin "swin_t|s|b|l" or Swin-V2
+    "swin_v2_t|s|b" (all four stages, two blocks each; the decoder resizes
+    its stride-4..32 maps to stride 16)
     or "hrnet" (W18-small-v2's four branches; sizes must be multiples of 32,
     so runlocal pads its 32x48 scenes to 32x64) or a Mask2Former
     "mask2former_swin_s|tiny" (the baseline decoder reads its pixel
@@ -43,8 +44,10 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
   c.model.encoder_kw = mlc.ConfigDict(dict(depth=6))
   swin = arg.encoder.startswith("swin_")
   if swin:
-    c.model.encoder = "swin"
-    c.model.variant = arg.encoder[len("swin_"):].upper()
+    # swin_t -> module swin, variant T; swin_v2_t -> module swin_v2.
+    module, variant = arg.encoder.rsplit("_", 1)
+    c.model.encoder = module
+    c.model.variant = variant.upper()
     c.model.encoder_kw = mlc.ConfigDict(dict(depths=(2, 2, 2, 2)))
   elif arg.encoder == "hrnet":
     c.model.encoder = "hrnet"
@@ -55,8 +58,8 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
     c.model.variant = arg.encoder[len("mask2former_"):]
     c.model.encoder_kw = mlc.ConfigDict()
   elif arg.encoder != "vit":
-    raise ValueError(f"encoder={arg.encoder!r}; vit, swin_t|s|b|l, hrnet or "
-                     "mask2former_swin_s|tiny")
+    raise ValueError(f"encoder={arg.encoder!r}; vit, swin_t|s|b|l, "
+                     "swin_v2_t|s|b, hrnet or mask2former_swin_s|tiny")
   c.model.decoder = "baseline"
   c.model.decoder_kw = mlc.ConfigDict(dict(dim=96))
 

@@ -239,3 +239,23 @@ def test_key_bias_is_ignored_like_torchvision():
                    x)[4]
   np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-6)
   assert swin_v2.features("B") == {4: 128, 8: 256, 16: 512, 32: 1024}
+
+
+def test_gradient_finite_where_windows_pad():
+  """Padded (all-zero) tokens enter the cosine attention: their unit vector
+  must have a zero gradient, not sqrt's NaN at 0 (a swin_v2 run at 32x48
+  stopped on a non-finite loss at step 1 before this)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  model = swin_v2.build("T", img_size=(32, 48), rngs=nnx.Rngs(0),
+                        window_size=4, embed_dim=8, depths=(1, 1, 1, 1),
+                        num_heads=(1, 1, 2, 2))
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  x = jnp.asarray(np.random.RandomState(0).randn(1, 32, 48, 3), jnp.float32)
+
+  def loss(p):
+    out = nnx.merge(graphdef, p, rest)(x)
+    return sum(jnp.sum(v ** 2) for v in out.values())
+
+  grads = jax.grad(loss)(params)
+  leaves = jax.tree.leaves(grads)
+  assert leaves and all(bool(jnp.all(jnp.isfinite(g))) for g in leaves)

@@ -92,8 +92,11 @@ class WindowAttentionV2(nnx.Module):
     qkv = qkv.reshape(bw, n, 3, self.num_heads, hd).astype(jnp.float32)
 
     def unit(t):  # F.normalize(eps=1e-12)
-      return t / jnp.maximum(jnp.linalg.norm(t, axis=-1, keepdims=True),
-                             1e-12)
+      # max(sqrt(s), eps) == sqrt(max(s, eps^2)), but without sqrt's
+      # infinite slope at 0: zero (padding) tokens get a zero gradient,
+      # not NaN.
+      sq = jnp.sum(t * t, axis=-1, keepdims=True)
+      return t / jnp.sqrt(jnp.maximum(sq, 1e-24))
 
     q, k, v = unit(qkv[:, :, 0]), unit(qkv[:, :, 1]), qkv[:, :, 2]
     scale = jnp.exp(jnp.minimum(self.logit_scale[...], np.log(100.0)))
