@@ -88,3 +88,53 @@ def test_pixel_cross_entropy_matches_take_along_axis(weighted):
   grad_ref = jax.grad(lambda x: jnp.sum(
       _take_along_axis_ce(x, label, cw) * g))(logits)
   _close(grad_fast, grad_ref)
+
+
+def _lax_conv(x, kernel, padding, lhs_dilation=(1, 1), rhs_dilation=(1, 1)):
+  dn = jax.lax.conv_dimension_numbers(x.shape, kernel.shape,
+                                      ("NHWC", "HWIO", "NHWC"))
+  return jax.lax.conv_general_dilated(
+      x, kernel, (1, 1), padding, lhs_dilation=lhs_dilation,
+      rhs_dilation=rhs_dilation, dimension_numbers=dn)
+
+
+@pytest.mark.parametrize("shape,k,cout,padding,lhs_dil,rhs_dil", [
+    ((2, 4, 4, 16), 3, 8, ((1, 1), (1, 1)), (1, 1), (1, 1)),
+    ((2, 5, 3, 6), 3, 4, ((2, 2), (2, 2)), (1, 1), (2, 2)),   # dilated
+    ((1, 4, 6, 8), 3, 5, ((1, 2), (1, 2)), (2, 2), (1, 1)),   # transposed
+    ((2, 4, 4, 8), 1, 3, ((0, 0), (0, 0)), (1, 1), (1, 1)),   # 1x1
+])
+def test_im2col_conv_matches_lax(shape, k, cout, padding, lhs_dil, rhs_dil):
+  rng = np.random.default_rng(2)
+  x = jnp.asarray(rng.normal(size=shape), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(k, k, shape[-1], cout)), jnp.float32)
+
+  def loss(conv_fn, x, w):
+    y = conv_fn(x, w, padding, lhs_dil, rhs_dil)
+    return jnp.sum(y * jnp.cos(y)), y
+
+  (_, ref), ref_g = jax.value_and_grad(
+      lambda x, w: loss(_lax_conv, x, w), (0, 1), has_aux=True)(x, w)
+  (_, out), out_g = jax.value_and_grad(
+      lambda x, w: loss(common.im2col_conv, x, w), (0, 1),
+      has_aux=True)(x, w)
+  _close(out, ref)
+  for a, b in zip(out_g, ref_g):
+    _close(a, b, 1e-5)
+
+
+def test_conv_and_conv_transpose_modules_match_flax():
+  """common.conv / ConvTranspose (im2col on small grids) = nnx's lax path."""
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  x = jnp.asarray(np.random.default_rng(3).normal(size=(2, 4, 6, 12)),
+                  jnp.float32)
+  fast = common.conv(12, 5, 3, padding=2, dilation=2, rngs=nnx.Rngs(0))
+  ref = nnx.Conv(12, 5, (3, 3), padding=((2, 2), (2, 2)), kernel_dilation=2,
+                 rngs=nnx.Rngs(0))
+  _close(fast(x), ref(x))
+  fast_t = common.ConvTranspose(12, 5, (3, 3), strides=(2, 2),
+                                padding=((1, 2), (1, 2)), rngs=nnx.Rngs(0))
+  ref_t = nnx.ConvTranspose(12, 5, (3, 3), strides=(2, 2),
+                            padding=((1, 2), (1, 2)), rngs=nnx.Rngs(0))
+  assert fast_t(x).shape == (2, 8, 12, 5)
+  _close(fast_t(x), ref_t(x))
