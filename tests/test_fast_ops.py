@@ -138,3 +138,22 @@ def test_conv_and_conv_transpose_modules_match_flax():
                             padding=((1, 2), (1, 2)), rngs=nnx.Rngs(0))
   assert fast_t(x).shape == (2, 8, 12, 5)
   _close(fast_t(x), ref_t(x))
+
+
+def test_invpt_fuse_attn_einsum_matches_conv():
+  """SelfAttention._fuse mixes heads by einsum = its 1x1 conv channels-last."""
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from mtdense_jax.models.layers import invpt_blocks  # pylint: disable=g-import-not-at-top
+  attn = invpt_blocks.SelfAttention(1, 2, 8, num_heads=2, kv_stride=2,
+                                    rngs=nnx.Rngs(0), dtype=jnp.float32,
+                                    bn_axis_name=None)
+  rng = np.random.default_rng(4)
+  n_t, hq, wq, nk = 2, 4, 6, 5
+  score = jnp.asarray(rng.normal(size=(2, 2, n_t * hq * wq, nk)), jnp.float32)
+  prev = jnp.asarray(rng.normal(size=(2, 2, n_t * hq * wq // 4, nk)),
+                     jnp.float32)
+  up = common.resize_bilinear(prev.reshape(2 * 2 * n_t, hq // 2, wq // 2, nk),
+                              (hq, wq)).reshape(2, 2, -1, nk)
+  both = jnp.concatenate([score, up], axis=1)
+  ref = jnp.moveaxis(attn.fuse_attn(jnp.moveaxis(both, 1, -1)), -1, 1)
+  _close(attn._fuse(score, prev, (n_t, hq, wq)), ref)  # pylint: disable=protected-access
