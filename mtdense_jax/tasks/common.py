@@ -50,8 +50,15 @@ def pixel_cross_entropy(logits: jax.Array, label: jax.Array,
   lab = label[..., 0].astype(jnp.int32)
   ok = lab != base.IGNORE
   safe = jnp.where(ok, lab, 0)
-  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-  nll = -jnp.take_along_axis(logp, safe[..., None], axis=-1)[..., 0]
+  # -log_softmax(x)[label] as logsumexp - x[label], both of the max-shifted
+  # logits (the same float ops as jax.nn.log_softmax). The label's logit is
+  # a one-hot masked sum (one nonzero term, exact) rather than a
+  # take_along_axis, whose gradient scatters into zeros; this one is dense.
+  x = logits.astype(jnp.float32)
+  shifted = x - jax.lax.stop_gradient(jnp.max(x, axis=-1, keepdims=True))
+  lse = jnp.log(jnp.sum(jnp.exp(shifted), axis=-1))
+  hot = jnp.arange(x.shape[-1]) == safe[..., None]
+  nll = lse - jnp.sum(jnp.where(hot, shifted, 0.0), axis=-1)
   if class_weight is not None:
     nll = nll * jnp.asarray(class_weight, jnp.float32)[safe]
   return jnp.where(ok, nll, 0.0)

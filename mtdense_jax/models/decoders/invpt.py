@@ -142,8 +142,8 @@ class InvPTDecoder(nnx.Module):
     self.stride = stride
     c0, c1, _, c3 = in_channels
     self.scale_embed = nnx.List([
-        nnx.ConvTranspose(c0, dim // 4, (3, 3), strides=(2, 2),
-                          padding=((1, 2), (1, 2)), **kw),
+        common.ConvTranspose(c0, dim // 4, (3, 3), strides=(2, 2),
+                             padding=((1, 2), (1, 2)), **kw),
         common.conv(c1, dim // 2, 3, padding=1, **kw)])
     blk = dict(bn_axis_name=bn_axis_name, **kw)
     self.preliminary_decoder = nnx.Dict({

@@ -83,8 +83,13 @@ class SelfAttention(nnx.Module):
     up = prev.reshape(b * nh * n_t, hq // 2, wq // 2, nk)
     up = common.resize_bilinear(up, (hq, wq)).reshape(b, nh, -1, nk)
     both = jnp.concatenate([score, up], axis=1)  # current heads first
-    fused = self.fuse_attn(jnp.moveaxis(both, 1, -1))
-    return jnp.moveaxis(fused, -1, 1)
+    # The 1x1 fuse_attn conv mixes heads; as an einsum over the head axis it
+    # needs no moves of the (large) score tensors to channels-last and back.
+    conv = self.fuse_attn
+    both, kernel, bias = conv.promote_dtype(
+        (both, conv.kernel[...], conv.bias[...]), dtype=conv.dtype)
+    fused = jnp.einsum("bjqk,jh->bhqk", both, kernel[0, 0])
+    return fused + bias[:, None, None]
 
   def __call__(self, y: jax.Array, prev: jax.Array | None
                ) -> tuple[jax.Array, jax.Array]:
