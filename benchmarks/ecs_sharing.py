@@ -43,7 +43,6 @@ import numpy as np
 
 from mtdense_jax import config_defaults
 from mtdense_jax.data import pipeline
-from mtdense_jax.models.decoders import ecs_adapter
 from mtdense_jax.models.encoders import ecs_vit
 from mtdense_jax.train import checkpointing as ckpt
 from mtdense_jax.train import loop

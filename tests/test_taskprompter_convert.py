@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 from flax import nnx
-import jax
 import numpy as np
 import pytest
 import torch

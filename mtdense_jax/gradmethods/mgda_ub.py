@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import jax
 import jax.numpy as jnp
 
 from mtdense_jax.gradmethods import _simplex

@@ -93,7 +93,7 @@ def stages(base_task: str, sub_tasks: Sequence[str], *,
 
   base = dict(
       name="base", steps=int(steps[0]),
-      freeze=(f"^encoder/(delta|log_alpha|log_alpha_tensor)/",
+      freeze=("^encoder/(delta|log_alpha|log_alpha_tensor)/",
               f"^decoder/heads/({sub_re})/"),
       override={"model.encoder_kw.mode": "dense",
                 "model.encoder_kw.drop_path_rate": float(base_drop_path),
