@@ -30,11 +30,11 @@ FLAGS = flags.FLAGS
 def main(argv):
   del argv
   config = _CONFIG.value
+  # absl.app turns INFO on, and orbax/TFDS/jax are very chatty at INFO.
+  runtime.quiet_logs(verbose=FLAGS["verbosity"].present)
   # Multi-host (before anything touches a backend) and the persistent
   # compilation cache (config.compile_cache).
   runtime.initialize(config=config)
-  # absl.app turns INFO on, and orbax/TFDS are very chatty at INFO.
-  runtime.quiet_logs(verbose=FLAGS["verbosity"].present)
   try:
     config_check.validate(config)
   except config_check.ConfigError as e:

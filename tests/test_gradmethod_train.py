@@ -245,6 +245,6 @@ def test_config_check_names_both_kinds(data_dir):
   config_check.validate(cfg)
   cfg.weighting.name = "nash"
   with pytest.raises(config_check.ConfigError,
-                     match=r"config.weighting.name: .*Loss weightings: .*lps"
+                     match=r"config.weighting.name: .*loss weightings: .*lps"
                            r".*gradient methods: .*nash_mtl"):
     config_check.validate(cfg)

@@ -231,7 +231,7 @@ def resolve(name: str) -> tuple[str, Any]:
     return "weighting", registry.lookup("weighting", name)
   if name not in registry.available("gradmethod"):
     raise KeyError(
-        f"Unknown weighting.name {name!r}. Loss weightings: "
+        f"unknown weighting or gradient method {name!r}; loss weightings: "
         f"{', '.join(registry.available('weighting'))}; gradient methods: "
         f"{', '.join(registry.available('gradmethod'))}.")
   return "gradmethod", registry.lookup("gradmethod", name)
