@@ -89,15 +89,21 @@ def test_window_keeps_tolerance_and_outlier_cost(shape, max_dist):
             == math.ceil(100.0 * max_dist * big * 100))
 
 
+def _ambiguous_map():
+  """(gt, prob): a Voronoi boundary map and a shifted, blurred, noisy
+  prediction of it, where correspondPixels' random outlier graph decides
+  some matches."""
+  rng = np.random.default_rng(0)
+  gt = boundary.seg2bmap(_voronoi(rng, 48, 64))
+  moved = ndimage.shift(gt.astype(float), rng.integers(-1, 2, 2), order=0)
+  prob = ndimage.gaussian_filter(moved, 1.0)
+  return gt, np.clip(prob / prob.max() + 0.2 * rng.random(gt.shape), 0, 1)
+
+
 def test_seed_makes_the_matcher_reproducible():
   # On this ambiguous map the random outlier graph matters: seed 1 leaves
   # one matchable pixel out where other seeds match all 154.
-  rng = np.random.default_rng(0)
-  seg = _voronoi(rng, 48, 64)
-  gt = boundary.seg2bmap(seg)
-  moved = ndimage.shift(gt.astype(float), rng.integers(-1, 2, 2), order=0)
-  prob = ndimage.gaussian_filter(moved, 1.0)
-  prob = np.clip(prob / prob.max() + 0.2 * rng.random(gt.shape), 0, 1)
+  gt, prob = _ambiguous_map()
   pred = match_lib.thin(prob > 0.3)
   got = []
   for seed in range(1, 9):
@@ -137,12 +143,7 @@ def test_assign_equals_correspond_pixels_where_outliers_decide():
   # the sparse outlier graph makes correspondPixels leave matchable pixels
   # out (fewer than the maximum matching). The assignment solver must
   # reproduce those counts, seed by seed, at every threshold.
-  rng = np.random.default_rng(0)
-  seg = _voronoi(rng, 48, 64)
-  gt = boundary.seg2bmap(seg)
-  moved = ndimage.shift(gt.astype(float), rng.integers(-1, 2, 2), order=0)
-  prob = ndimage.gaussian_filter(moved, 1.0)
-  prob = np.clip(prob / prob.max() + 0.2 * rng.random(gt.shape), 0, 1)
+  gt, prob = _ambiguous_map()
   assign = boundary_assign.Assign(gt, 0.02)
   short = 0
   for t in (0.2, 0.3, 0.5, 0.7):

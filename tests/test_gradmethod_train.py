@@ -45,16 +45,12 @@ def data_dir(tmp_path_factory):
   return tmp_path_factory.mktemp("tfds")
 
 
-def _host(tree):
-  return jax.tree.map(lambda x: np.array(x, copy=True), jax.device_get(tree))
-
-
 def _check_trains(cfg):
   exp, defs, state, shardings = train_testing.setup_state(
       cfg, jax.devices()[:1])
-  before = _host(state["params"])
+  before = train_testing.host_copy(state["params"])
   state, hist = train_testing.steps(exp, defs, shardings, state, 2)
-  after = _host(state["params"])
+  after = train_testing.host_copy(state["params"])
   for h in hist:
     assert np.isfinite(h["total"]) and np.isfinite(h["grad_norm"]), h
     ws = [h[f"weight/{t}"] for t in exp.tasks]
@@ -103,7 +99,8 @@ def test_pcgrad_step_equals_hand_computation(data_dir):
   cfg = method_config(data_dir, "pcgrad", random_order=False)
   exp, defs, state, shardings = train_testing.setup_state(
       cfg, jax.devices()[:1])
-  params, stats = _host(state["params"]), _host(state["batch_stats"])
+  params = train_testing.host_copy(state["params"])
+  stats = train_testing.host_copy(state["batch_stats"])
   batch = next(pipeline.make_train_iter(
       cfg.data, list(exp.tasks), global_batch_size=cfg.train.batch_size,
       seed=cfg.seed))
@@ -135,7 +132,7 @@ def test_pcgrad_step_equals_hand_computation(data_dir):
           params)["decoder"])
 
   state, hist = train_testing.steps(exp, defs, shardings, state, 1)
-  mu = _host(_opt_mu(state["opt"]))
+  mu = train_testing.host_copy(_opt_mu(state["opt"]))
   b1 = 0.9
   got_enc, got_dec = _flat(mu["encoder"]) / (1 - b1), _flat(
       mu["decoder"]) / (1 - b1)
@@ -165,7 +162,8 @@ def _one_step(cfg, devices, duplicate_rows=False):
   sharded = [not s.is_fully_replicated
              for s in jax.tree.leaves(shardings["params"])]
   return ({k: float(v) for k, v in jax.device_get(metrics).items()},
-          _host({k: state[k] for k in ("params", "wstate", "opt")}),
+          train_testing.host_copy(
+              {k: state[k] for k in ("params", "wstate", "opt")}),
           any(sharded))
 
 
@@ -230,7 +228,7 @@ def test_method_state_resumes_exactly(data_dir, tmp_path):
   for run in ("straight", "resumed"):
     mngr = ckpt.manager(tmp_path / run / "checkpoints", read_only=True)
     assert mngr.latest_step() == 4
-    got[run] = _host(ckpt.restore(mngr, state, shardings))
+    got[run] = train_testing.host_copy(ckpt.restore(mngr, state, shardings))
     mngr.close()
   w = got["straight"]["wstate"]["w"]
   assert np.all(np.isfinite(w)) and not np.allclose(w, 1.0), w

@@ -44,10 +44,6 @@ def data_dir(tmp_path_factory):
   return tmp_path_factory.mktemp("tfds")
 
 
-def _host(tree):
-  return jax.tree.map(lambda x: np.array(x, copy=True), jax.device_get(tree))
-
-
 def test_groups_freeze_collection_and_model_loss(data_dir):
   cfg = toy_config(data_dir)
   exp, defs, state, shardings = train_testing.setup_state(cfg)
@@ -55,11 +51,11 @@ def test_groups_freeze_collection_and_model_loss(data_dir):
   assert all(isinstance(x, jax.Array) for x in jax.tree.leaves(state))
   assert "teacher" in state["batch_stats"]["decoder"]
   assert "teacher" not in state["params"]["decoder"]
-  init = _host(state)
+  init = train_testing.host_copy(state)
   state, hist1 = train_testing.steps(exp, defs, shardings, state, 1, seed=0)
-  one = _host(state)
+  one = train_testing.host_copy(state)
   state, hist = train_testing.steps(exp, defs, shardings, state, 4, seed=1)
-  five = _host(state)
+  five = train_testing.host_copy(state)
 
   # Bit-identical after 5 steps: the collection and the frozen-by-rule head.
   np.testing.assert_array_equal(five["batch_stats"]["decoder"]["teacher"],
@@ -145,7 +141,7 @@ def test_old_layout_checkpoint_restores(data_dir, tmp_path):
   cfg = toy_config(data_dir)
   exp, defs, state, shardings = train_testing.setup_state(cfg)
   state, _ = train_testing.steps(exp, defs, shardings, state, 1, seed=0)
-  new = _host(state)
+  new = train_testing.host_copy(state)
 
   def wrap(tree, cls):
     return jax.tree.map(cls, tree)
@@ -161,7 +157,7 @@ def test_old_layout_checkpoint_restores(data_dir, tmp_path):
   mngr = ckpt.manager(tmp_path / "checkpoints", async_save=False)
   ckpt.save(mngr, 1, old)
   mngr.wait_until_finished()
-  restored = _host(ckpt.restore(mngr, state, shardings))
+  restored = train_testing.host_copy(ckpt.restore(mngr, state, shardings))
   mngr.close()
   jax.tree.map(np.testing.assert_array_equal, restored, new)
   params, step = ckpt.restore_params(
@@ -171,8 +167,8 @@ def test_old_layout_checkpoint_restores(data_dir, tmp_path):
                     {"params": shardings["params"],
                      "batch_stats": shardings["batch_stats"]}))
   assert step == 1
-  jax.tree.map(np.testing.assert_array_equal, _host(params["params"]),
-               new["params"])
+  jax.tree.map(np.testing.assert_array_equal,
+               train_testing.host_copy(params["params"]), new["params"])
 
 
 def test_layer_decay_and_default_is_plain_optimizer():

@@ -16,6 +16,11 @@ from mtdense_jax.train import state as state_lib
 from mtdense_jax.train import step as step_lib
 
 
+def host_copy(tree):
+  """Writable host copies, so later (donating) steps cannot change them."""
+  return jax.tree.map(lambda x: np.array(x, copy=True), jax.device_get(tree))
+
+
 def setup_state(cfg, devices=None):
   """(experiment, model defs, sharded train state, shardings) as the loop
   builds them, honouring config.model.trainable."""
