@@ -68,12 +68,27 @@ def validate(config: mlc.ConfigDict) -> None:
     elif name not in registry.available(kind):
       raise ConfigError(f"{where}: unknown {kind} {name!r}; available: "
                         f"{', '.join(registry.available(kind))}.")
-  if config.eval.protocol not in ("invpt", "mtl"):
-    raise ConfigError(f"config.eval.protocol={config.eval.protocol!r}; "
-                      "expected 'invpt' or 'mtl'.")
+  _protocol_check(config)
   errors = check_values(config)
   if errors:
     raise ConfigError("\n".join(errors))
+
+
+def _protocol_check(config) -> None:
+  """config.eval.protocol: known, and implemented by every configured task."""
+  # pylint: disable-next=g-import-not-at-top
+  from mtdense_jax.tasks import base as task_base
+  protocol = config.eval.protocol
+  if protocol not in task_base.PROTOCOLS:
+    raise ConfigError(f"config.eval.protocol={protocol!r}; expected one of "
+                      f"{', '.join(map(repr, task_base.PROTOCOLS))}.")
+  for entry in config.tasks:
+    cls = task_base.task_class(entry)
+    if protocol not in cls.protocols:
+      raise ConfigError(
+          f"config.eval.protocol={protocol!r} is not implemented by task "
+          f"{cls.name!r}, which supports {', '.join(map(repr, cls.protocols))}"
+          "; pick one of those or drop the task.")
 
 
 def _weighting_check(name: str) -> None:

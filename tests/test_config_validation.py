@@ -110,7 +110,8 @@ def test_cli_reports_every_bad_value_with_exit_2(tmp_path):
     ("--config.model.decoder=invtp", "Config error: config.model.decoder: "
                                      "unknown decoder 'invtp'"),
     ("--config.eval.protocol=nyud", "Config error: config.eval.protocol="
-                                    "'nyud'; expected 'invpt' or 'mtl'."),
+                                    "'nyud'; expected one of 'invpt', 'mtl', "
+                                    "'mtan'."),
     ("--config.model.variant=XL/16", "Config error: config.model.variant="
                                      "'XL/16': unknown vit variant"),
 ])

@@ -22,8 +22,10 @@ the configured tasks. Conventions shared by every task:
   bool mask that is False for examples added to pad the last eval batch.
   ``metric_compute`` turns the totals into floats on the host.
 * ``protocol`` selects the evaluation protocol: ``"invpt"`` (the online meters
-  of InvPT/TaskPrompter; the default) or ``"mtl"`` (the offline file-based
-  functions of Multi-Task-Learning-PyTorch). See ../shared/notes/methods.md d.
+  of InvPT/TaskPrompter; the default), ``"mtl"`` (the offline file-based
+  functions of Multi-Task-Learning-PyTorch) or ``"mtan"`` (the MTAN-style
+  meters of CTAL's CNN code, only for the tasks that list it in their
+  ``protocols``). See ../shared/notes/methods.md d and b.5.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from mtdense_jax import registry
 
 PyTree = Any
 IGNORE = 255
-PROTOCOLS = ("invpt", "mtl")
+PROTOCOLS = ("invpt", "mtl", "mtan")  # every protocol some task knows
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,7 +90,7 @@ class Task:
     num_classes: output channels for classification-like tasks (semseg,
       human_parts); taken from the dataset's metadata. Unused by regression
       tasks, whose channel count is fixed.
-    protocol: evaluation protocol, one of PROTOCOLS.
+    protocol: evaluation protocol, one of the class's `protocols`.
   """
 
   name: ClassVar[str]
@@ -106,15 +108,17 @@ class Task:
   # not dominated by one class (InvPT's cat_max_ratio rule). The first such
   # task of the configured ones is used.
   balances_crop: ClassVar[bool] = False
+  # The evaluation protocols this task implements (a subset of PROTOCOLS).
+  protocols: ClassVar[tuple[str, ...]] = ("invpt", "mtl")
 
   num_classes: int | None = None
   protocol: str = "invpt"
 
   def __post_init__(self):
-    if self.protocol not in PROTOCOLS:
+    if self.protocol not in self.protocols:
       raise ValueError(
           f"Task {self.name!r}: unknown metric protocol {self.protocol!r}; "
-          f"expected one of {PROTOCOLS}.")
+          f"expected one of {self.protocols}.")
 
   @property
   def primary_metric(self) -> str:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, ClassVar, Mapping
+from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -104,6 +104,25 @@ def confusion_update(confusion: jax.Array, pred_labels: jax.Array,
   return confusion + counts.reshape(k, k).astype(confusion.dtype)
 
 
+def mtan_scores(confusion: np.ndarray) -> dict[str, float]:
+  """MTAN-style mIoU and pixel accuracy of a (K, K) confusion count.
+
+  CTAL code_cnn/evaluation/eval_semseg.py (notes/methods.md b.5): IoU_c =
+  diag / (row + col - diag) with 0/0 = NaN, and the mean skips those
+  classes (absent from gt and prediction), unlike `class_iou`'s mean over
+  all classes. pix_acc = trace / total. Fractions.
+  """
+  cm = np.asarray(confusion, np.float64)
+  tp = np.diag(cm)
+  union = cm.sum(axis=0) + cm.sum(axis=1) - tp
+  with np.errstate(invalid="ignore", divide="ignore"):
+    iou = tp / union
+    acc = tp.sum() / cm.sum()
+  present = ~np.isnan(iou)
+  miou = float(np.mean(iou[present])) if present.any() else float("nan")
+  return {"mIoU": miou, "pix_acc": float(acc)}
+
+
 def class_iou(confusion: np.ndarray) -> np.ndarray:
   """Per-class IoU tp / max(tp + fp + fn, 1e-8) in float64 (ASTMT rule).
 
@@ -177,11 +196,16 @@ class ClassificationTask(base.Task):
   each task file subclasses this as its ``Task`` and sets ``name``.
   """
 
-  metric_directions: ClassVar[Mapping[str, bool]] = {"mIoU": True}
-
   def __post_init__(self):
     super().__post_init__()
     require_num_classes(self)
+
+  @property
+  def metric_directions(self) -> Mapping[str, bool]:
+    """mIoU first; the MTAN protocol also reports pixel accuracy."""
+    if self.protocol == "mtan":
+      return {"mIoU": True, "pix_acc": True}
+    return {"mIoU": True}
 
   @property
   def num_outputs(self) -> int:
@@ -210,6 +234,8 @@ class ClassificationTask(base.Task):
     return {"confusion": confusion}
 
   def metric_compute(self, stats) -> dict[str, float]:
+    if self.protocol == "mtan":
+      return mtan_scores(stats["confusion"])
     return {"mIoU": float(np.mean(class_iou(stats["confusion"])))}
 
   def colorize(self, x: np.ndarray) -> np.ndarray:

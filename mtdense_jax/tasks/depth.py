@@ -16,7 +16,16 @@ Ports (facts only, no code copied):
   losses/loss_functions.py ``L1Loss(ignore_index=-1)``) writes -1 there, so
   a label of 255 counts as valid depth (pass ``invalid_value=-1``).
 
-Both protocols pool squared errors over every valid pixel of the whole set
+* ``protocol="mtan"``: Dimitri-Sinodinos/CTAL@b2d3bb9
+  code_cnn/evaluation/eval_depth.py ``DepthMeter`` (MTAN style, methods.md
+  b.5): the same pooled mask and clamp, reporting the reference's keys
+  ``abs`` (mean |gt - pred|), ``rel`` (mean |gt - pred| / gt), ``rmse`` and
+  ``log_rmse``. Its valid mask is gt != 0 on the raw label; our pipeline
+  turns stored 0 into the invalid value, which is skipped as well. CTAL's
+  CNN loss (L1 over gt != 0, summed / #valid) is this task's default loss
+  on those labels.
+
+All protocols pool squared errors over every valid pixel of the whole set
 (not a mean of per-image RMSEs) and clamp predictions <= 0 to 1e-9, which
 dominates log_rmse when the network predicts non-positive depth
 (../shared/notes/methods.md d.3). They are numerically the same; "invpt"
@@ -57,13 +66,20 @@ class Task(base.Task):
   name: ClassVar[str] = "depth"
   label_channels: ClassVar[int] = 1
   label_dtype: ClassVar[str] = "float32"
-  metric_directions: ClassVar[Mapping[str, bool]] = {
-      "rmse": False, "log_rmse": False, "abs_rel": False, "sq_rel": False}
+  protocols: ClassVar[tuple[str, ...]] = ("invpt", "mtl", "mtan")
 
   max_depth: float | None = None
   loss_max_depth: float | None = None
   invalid_value: float = float(base.IGNORE)
   max_stored_depth: float = 1000.0
+
+  @property
+  def metric_directions(self) -> Mapping[str, bool]:
+    """All lower-is-better; the first is the primary metric."""
+    if self.protocol == "mtan":
+      return {"abs": False, "rel": False, "rmse": False, "log_rmse": False}
+    return {"rmse": False, "log_rmse": False, "abs_rel": False,
+            "sq_rel": False}
 
   @property
   def num_outputs(self) -> int:
@@ -102,7 +118,7 @@ class Task(base.Task):
   def metric_init(self) -> dict[str, jax.Array]:
     z2 = common.acc_zeros()
     return {"n": jnp.zeros((), jnp.int32), "sq": z2, "log_sq": z2,
-            "abs_rel": z2, "sq_rel": z2}
+            "abs_rel": z2, "sq_rel": z2, "abs": z2}
 
   def metric_update(self, stats, pred, label, valid):
     pred = self.postprocess(pred)[..., 0]
@@ -118,6 +134,7 @@ class Task(base.Task):
         "log_sq": jnp.square(jnp.log(gt) - jnp.log(pred)),
         "abs_rel": jnp.abs(diff) / gt,
         "sq_rel": diff * diff / gt,
+        "abs": jnp.abs(diff),
     }
     out = {"n": stats["n"] + jnp.sum(ok, dtype=jnp.int32)}
     for k, v in terms.items():
@@ -129,7 +146,11 @@ class Task(base.Task):
     if n == 0:
       return {k: float("nan") for k in self.metric_directions}
     mean = {k: common.acc_value(stats[k]) / n
-            for k in ("sq", "log_sq", "abs_rel", "sq_rel")}
+            for k in ("sq", "log_sq", "abs_rel", "sq_rel", "abs")}
+    if self.protocol == "mtan":
+      return {"abs": mean["abs"], "rel": mean["abs_rel"],
+              "rmse": float(np.sqrt(mean["sq"])),
+              "log_rmse": float(np.sqrt(mean["log_sq"]))}
     return {"rmse": float(np.sqrt(mean["sq"])),
             "log_rmse": float(np.sqrt(mean["log_sq"])),
             "abs_rel": mean["abs_rel"], "sq_rel": mean["sq_rel"]}

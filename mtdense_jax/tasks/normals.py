@@ -19,6 +19,13 @@ Ports (facts only, no code copied):
   (n+1)*255/2 lands on an integer: 1 channel in 23040 in the golden, far
   below the metric tolerance.
 
+* ``protocol="mtan"``: Dimitri-Sinodinos/CTAL@b2d3bb9
+  code_cnn/evaluation/eval_normals.py ``NormalsMeter`` (MTAN style,
+  methods.md b.5): the raw head output divided by its norm (no uint8 round
+  trip), the gt as stored (not re-normalised), angle acos(clip(p.g)); valid
+  = channel sum != 0 on the gt. Reports mean (degrees) and the FRACTIONS
+  (not percents) below 11.25, 22.5 and 30 degrees; no median or rmse.
+
 Loss options (``loss_type=``): "l1" (default, InvPT above), "mse"
 (Klodivio355/MT-CP@08c068e losses/loss_functions.py ``NormalsLoss`` with its
 defaults norm=2, normalize=False: squared error of the raw output, summed
@@ -98,6 +105,12 @@ def _mtl_angles(pred: jax.Array, gt: jax.Array) -> jax.Array:
   return jnp.rad2deg(jnp.arccos(cos))
 
 
+def _mtan_angles(pred: jax.Array, gt: jax.Array) -> jax.Array:
+  """CTAL CNN meter: p / |p| against the stored gt, acos of the clipped dot."""
+  cos = jnp.clip(jnp.sum(l2_normalize(pred) * gt, axis=-1), -1.0, 1.0)
+  return jnp.rad2deg(jnp.arccos(cos))
+
+
 def _histogram(angle: jax.Array, ok: jax.Array):
   """Per-bin count and sum of (angle - bin edge) over the ``ok`` pixels."""
   idx = jnp.clip(jnp.floor(angle / BIN_DEG), 0, NUM_BINS - 1)
@@ -132,9 +145,7 @@ class Task(base.Task):
   name: ClassVar[str] = "normals"
   label_channels: ClassVar[int] = 3
   label_dtype: ClassVar[str] = "float32"
-  metric_directions: ClassVar[Mapping[str, bool]] = {
-      "mean": False, "median": False, "rmse": False,
-      "11.25": True, "22.5": True, "30": True}
+  protocols: ClassVar[tuple[str, ...]] = ("invpt", "mtl", "mtan")
 
   loss_type: str = "l1"
 
@@ -143,6 +154,14 @@ class Task(base.Task):
     if self.loss_type not in LOSSES:
       raise ValueError(f"Task 'normals': unknown loss_type "
                        f"{self.loss_type!r}; expected one of {LOSSES}.")
+
+  @property
+  def metric_directions(self) -> Mapping[str, bool]:
+    """The mean angle first; "mtan" has no median or rmse."""
+    if self.protocol == "mtan":
+      return {"mean": False, "11.25": True, "22.5": True, "30": True}
+    return {"mean": False, "median": False, "rmse": False,
+            "11.25": True, "22.5": True, "30": True}
 
   @property
   def num_outputs(self) -> int:
@@ -199,6 +218,9 @@ class Task(base.Task):
     if self.protocol == "mtl":
       ok &= jnp.sum(gt * gt, axis=-1) != 0  # offline: |gt| = 0 is invalid
       angle = _mtl_angles(pred, gt)
+    elif self.protocol == "mtan":
+      ok &= jnp.sum(gt, axis=-1) != 0  # the reference's validity rule
+      angle = _mtan_angles(pred, gt)
     else:
       angle = _invpt_angles(pred, gt)
     angle = jnp.where(ok, angle, 0.0)
@@ -216,6 +238,11 @@ class Task(base.Task):
     n = int(stats["n"])
     if n == 0:
       return {k: float("nan") for k in self.metric_directions}
+    below = np.asarray(stats["below"], np.float64)
+    if self.protocol == "mtan":
+      out = {"mean": common.acc_value(stats["sum"]) / n}
+      out.update({k: float(c) / n for k, c in zip(_THRESHOLD_KEYS, below)})
+      return out
     count = np.asarray(stats["hist_count"], np.int64)
     offs = np.asarray(stats["hist_offset"], np.float64)
     # numpy's median: the middle value, or the mean of the two middle ones.
@@ -224,7 +251,6 @@ class Task(base.Task):
     out = {"mean": common.acc_value(stats["sum"]) / n,
            "median": 0.5 * (lo + hi),
            "rmse": float(np.sqrt(common.acc_value(stats["sum_sq"]) / n))}
-    below = np.asarray(stats["below"], np.float64)
     for key, cnt in zip(_THRESHOLD_KEYS, below):
       out[key] = 100.0 * float(cnt) / n
     return out

@@ -10,6 +10,13 @@ same number on the same label map: tp/fp/fn pooled over every non-ignored
 pixel, IoU_c = tp / max(tp + fp + fn, 1e-8), mean over ALL classes
 (methods.md d.2). The offline path writes argmax as a uint8 PNG, which is
 lossless for class ids < 256, so "mtl" needs nothing extra.
+
+``protocol="mtan"``: Dimitri-Sinodinos/CTAL (commit b2d3bb97)
+code_cnn/evaluation/eval_semseg.py (MTAN style, methods.md b.5): the same
+pooled confusion count, but the mean IoU skips classes absent from gt and
+prediction (nanmean) and pixel accuracy is reported too
+(`common.mtan_scores`). CTAL's CNN loss, NLL of log-softmax with
+ignore_index=-1, is this task's CE once the MTAN builders store -1 as 255.
 """
 
 from __future__ import annotations
@@ -27,3 +34,4 @@ class Task(common.ClassificationTask):
   name: ClassVar[str] = "semseg"
   # InvPT re-draws train crops dominated by one semseg class.
   balances_crop: ClassVar[bool] = True
+  protocols: ClassVar[tuple[str, ...]] = ("invpt", "mtl", "mtan")
