@@ -238,3 +238,40 @@ def add_member(tar_path, name: str, data: bytes = b"x", *,
     else:
       info.size = len(data)
       tar.addfile(info, io.BytesIO(data))
+
+
+def write_mtan(root, dataset: str = "nyuv2", *, n_train: int = 2,
+               n_val: int = 1, hw=(6, 8), num_classes: int = 13,
+               label_folders=("label",), seed: int = 0) -> dict:
+  """Writes root/<dataset>/{train,val}/... in MTAN's .npy layout.
+
+  lorenmt/mtan im2im_pred/create_dataset.py and CTAL code_cnn/data/
+  create_dataset.py: image float (H, W, 3) in [0, 1]; labels float (H, W)
+  with -1 = ignore (one array per folder in `label_folders`, e.g. label_7
+  and label_19 for Cityscapes); depth (H, W, 1), 0 = invalid; normals
+  (H, W, 3) (NYUv2 only), 0-vector = invalid. Returns {"<split>/<i>":
+  arrays}.
+  """
+  rng = np.random.default_rng(seed)
+  top = pathlib.Path(root) / dataset
+  raw = {}
+  for split, n in (("train", n_train), ("val", n_val)):
+    for i in range(n):
+      img = rng.random((*hw, 3))  # float64, not multiples of 1/255
+      d = dict(image=img)
+      for folder in label_folders:
+        lab = rng.integers(0, num_classes, hw).astype(np.float32)
+        lab[rng.random(hw) < 0.2] = -1.0
+        d[folder] = lab
+      depth = rng.uniform(0.5, 9.0, (*hw, 1)).astype(np.float32)
+      depth[rng.random(hw) < 0.2] = 0.0
+      d["depth"] = depth
+      if dataset == "nyuv2":
+        nrm = rng.normal(size=(*hw, 3)).astype(np.float32)
+        nrm /= np.linalg.norm(nrm, axis=-1, keepdims=True)
+        nrm[rng.random(hw) < 0.2] = 0.0
+        d["normal"] = nrm
+      for folder, arr in d.items():
+        _npy(top / split / folder / f"{i}.npy", arr)
+      raw[f"{split}/{i}"] = d
+  return raw
