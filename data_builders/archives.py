@@ -2,7 +2,7 @@
 
 A compressed tarball is first decompressed as one stream into a temporary
 plain ``.tar`` (gzip cannot seek), which ``tarfile`` then reads with random
-access. Every member name is checked before anything is read: absolute
+access; a zip is read in place (`ZipSource`). Every member name is checked before anything is read: absolute
 paths, ``..`` components, links leaving the archive and device files make
 the whole archive be refused (`UnsafeArchiveError`). An extracted folder is
 read in place, with the same rule for symlinks leaving it. Split out of
@@ -18,8 +18,10 @@ import lzma
 import os
 import posixpath
 import shutil
+import stat
 import tarfile
 import tempfile
+import zipfile
 from typing import Iterable, Protocol
 
 log = logging.getLogger(__name__)
@@ -146,6 +148,70 @@ def _find_root(files: Iterable[str], marker: str, where: str) -> str:
   return min(roots, key=lambda r: (r.count("/"), r))
 
 
+class ZipSource:
+  """Random access to a zip's regular members, after the same checks.
+
+  MTAN's releases come as zip files (a Dropbox folder download). Members
+  are read straight from the zip (no temporary copy); absolute or `..`
+  names and symlink members refuse the whole archive.
+  """
+
+  def __init__(self, path: str, marker: str) -> None:
+    self.path = os.fspath(path)
+    try:
+      self._zip = zipfile.ZipFile(self.path)
+    except (zipfile.BadZipFile, OSError) as e:
+      raise ValueError(f"{self.path} is not a readable zip archive "
+                       f"({type(e).__name__}: {e})") from e
+    try:
+      self._files = self._index(self._zip.infolist())
+      self.root = _find_root(self._files, marker, self.path)
+    except BaseException:
+      self.close()
+      raise
+    self.description = f"{self.path}:{self.root}"
+
+  def _index(self, members: Iterable[zipfile.ZipInfo]
+             ) -> dict[str, zipfile.ZipInfo]:
+    files = {}
+    for m in members:
+      if _unsafe_name(m.filename):
+        raise UnsafeArchiveError(
+            f"{self.path}: refusing archive member {m.filename!r} (absolute "
+            "path or '..' component); nothing was extracted.")
+      if stat.S_ISLNK(m.external_attr >> 16):
+        raise UnsafeArchiveError(
+            f"{self.path}: refusing symlink member {m.filename!r}; nothing "
+            "was followed.")
+      if not m.is_dir():
+        files[posixpath.normpath(m.filename)] = m
+    return files
+
+  def has(self, rel: str) -> bool:
+    return posixpath.join(self.root, rel) in self._files
+
+  def read(self, rel: str) -> bytes:
+    info = self._files.get(posixpath.join(self.root, rel))
+    if info is None:
+      raise FileNotFoundError(f"{rel} is not in {self.description}")
+    return self._zip.read(info)
+
+  def close(self) -> None:
+    if self._zip is not None:
+      self._zip.close()
+      self._zip = None
+
+
+def _archive_source(path: str, marker: str, tmp_dir: str | None) -> Source:
+  """A zip (by its leading signature, so a truncated one is reported as a
+  zip) or a tarball, plain or compressed."""
+  with open(path, "rb") as f:
+    is_zip = f.read(4) in (b"PK\x03\x04", b"PK\x05\x06")
+  if is_zip:
+    return ZipSource(path, marker)
+  return TarSource(path, marker, tmp_dir=tmp_dir)
+
+
 class FolderSource:
   """An extracted dataset folder; symlinks may not leave it."""
 
@@ -184,7 +250,7 @@ def open_source(where: str, *, archives: tuple[str, ...],
   """
   where = os.fspath(where)
   if os.path.isfile(where):
-    return TarSource(where, marker, tmp_dir=tmp_dir)
+    return _archive_source(where, marker, tmp_dir)
   if os.path.isfile(os.path.join(where, marker)):
     return FolderSource(where)
   for name in folders:
@@ -194,7 +260,7 @@ def open_source(where: str, *, archives: tuple[str, ...],
   for name in archives:
     if os.path.isfile(os.path.join(where, name)):
       log.info("Reading the archive %s", os.path.join(where, name))
-      return TarSource(os.path.join(where, name), marker, tmp_dir=tmp_dir)
+      return _archive_source(os.path.join(where, name), marker, tmp_dir)
   raise FileNotFoundError(
       f"{archives[0]} not found: put {archives[0]} (or its extracted folder "
       f"{folders[0]}/) in the folder {os.path.abspath(where)} (the TFDS "

@@ -14,6 +14,7 @@ import json
 import os
 import pathlib
 import tarfile
+import zipfile
 
 import numpy as np
 from PIL import Image
@@ -275,3 +276,21 @@ def write_mtan(root, dataset: str = "nyuv2", *, n_train: int = 2,
         _npy(top / split / folder / f"{i}.npy", arr)
       raw[f"{split}/{i}"] = d
   return raw
+
+
+def make_zip(folder, zip_path, *, extra: dict | None = None) -> str:
+  """Packs `folder` as a zip with its top folder (a Dropbox folder
+  download); `extra`: crafted {name: bytes or ("symlink", target)}."""
+  folder = pathlib.Path(folder)
+  with zipfile.ZipFile(zip_path, "w") as z:
+    for path in sorted(folder.rglob("*")):
+      if path.is_file():
+        z.write(path, f"{folder.name}/{path.relative_to(folder).as_posix()}")
+    for name, data in (extra or {}).items():
+      if isinstance(data, tuple):  # a symlink member, as Info-ZIP stores it
+        info = zipfile.ZipInfo(name)
+        info.external_attr = (0o120777 << 16)
+        z.writestr(info, data[1])
+      else:
+        z.writestr(name, data)
+  return os.fspath(zip_path)

@@ -123,8 +123,8 @@ def test_registered_by_name_and_read_by_the_pipeline(tmp_path):
 
 
 @pytest.mark.parametrize("module,archive,folder", [
-    (mtan_nyuv2, "nyuv2.tar.gz", "nyuv2/"),
-    (mtan_cityscapes, "cityscapes.tar.gz", "cityscapes/"),
+    (mtan_nyuv2, "nyuv2.zip", "nyuv2/"),
+    (mtan_cityscapes, "cityscapes.zip", "cityscapes/"),
 ])
 def test_missing_release_says_where_to_put_what(tmp_path, module, archive,
                                                 folder):
@@ -195,3 +195,39 @@ def test_unsafe_member_is_refused(tmp_path):
   fa.add_member(tar, "nyuv2/train/image/9.npy", link="../../../../etc/passwd")
   with pytest.raises(common.UnsafeArchiveError, match="nyuv2/train/image/9"):
     _prepare(mtan_nyuv2, tmp_path, tar)
+
+
+def test_nyuv2_zip_in_the_manual_dir(tmp_path):
+  raw = fa.write_mtan(tmp_path / "src", "nyuv2", hw=HW, seed=4)
+  manual = tmp_path / "manual"
+  manual.mkdir()
+  fa.make_zip(tmp_path / "src" / "nyuv2", manual / "nyuv2.zip")
+  b = _prepare(mtan_nyuv2, tmp_path, str(manual))
+  _check(b, raw, "label", ("semseg", "depth", "normals"))
+  assert os.listdir(manual) == ["nyuv2.zip"]
+
+
+@pytest.mark.parametrize("name,data", [
+    ("../evil.npy", b"x"),
+    ("/tmp/mtdense_evil_abs.npy", b"x"),
+    ("nyuv2/train/image/9.npy", ("symlink", "/etc/passwd")),
+])
+def test_unsafe_zip_members_are_refused(tmp_path, name, data):
+  fa.write_mtan(tmp_path / "m", "nyuv2", hw=HW)
+  z = fa.make_zip(tmp_path / "m" / "nyuv2", tmp_path / "nyuv2.zip",
+                  extra={name: data})
+  with pytest.raises(common.UnsafeArchiveError) as e:
+    _prepare(mtan_nyuv2, tmp_path, z)
+  assert name in str(e.value)
+  assert not os.path.exists("/tmp/mtdense_evil_abs.npy")
+  assert not _written(tmp_path / "tfds")
+
+
+def test_truncated_zip_is_reported(tmp_path):
+  fa.write_mtan(tmp_path / "m", "nyuv2", hw=HW)
+  z = fa.make_zip(tmp_path / "m" / "nyuv2", tmp_path / "nyuv2.zip")
+  data = open(z, "rb").read()
+  with open(z, "wb") as f:
+    f.write(data[:len(data) // 2])
+  with pytest.raises(ValueError, match="nyuv2.zip is not a readable zip archive"):
+    _prepare(mtan_nyuv2, tmp_path, z)

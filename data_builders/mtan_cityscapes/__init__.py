@@ -8,7 +8,7 @@ b.4), so the default config is 19 classes; "7class" reads `label_7`, the set
 MTAN's own paper used. Not the full-resolution Cityscapes benchmark.
 
 Input: the folder `cityscapes/` holding `{train,val}/{image,label_19,depth}/
-<i>.npy` (or packed as `cityscapes.tar.gz` / `cityscapes.tar`), found in the
+<i>.npy` (or packed as `cityscapes.zip`, `.tar.gz` or `.tar`), found in the
 `manual_dir` given to `make_builder` or else in the TFDS manual directory
 (`<data_dir>/downloads/manual`). Targets (see mtan_common.py): semseg with
 MTAN's -1 stored as 255 (ignore); depth = the release's inverse depth as
@@ -56,14 +56,15 @@ class Builder(mtan_common.MtanBuilder, skip_registration=True):
                            class_names=CLASS_NAMES_7),
   ]
   DEFAULT_BUILDER_CONFIG_NAME = "19class"
-  ARCHIVES = ("cityscapes.tar.gz", "cityscapes.tgz", "cityscapes.tar")
+  ARCHIVES = ("cityscapes.zip", "cityscapes.tar.gz", "cityscapes.tgz",
+              "cityscapes.tar")
   FOLDERS = ("cityscapes",)
   MARKER = "train/depth/0.npy"
   KNOWN_SIZES = {(128, 256): "128x256, the MTAN release CTAL used",
                  (256, 512): "256x512, MTAN's larger release"}
   SPLIT_SIZES = {"train": 2975, "validation": 500}
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
-      "Place MTAN's preprocessed cityscapes/ folder (or cityscapes.tar.gz) "
+      "Place MTAN's preprocessed cityscapes/ folder (or cityscapes.zip) "
       "in the manual directory, or pass manual_dir=<file or folder> to "
       "make_builder.")
 

@@ -7,7 +7,8 @@ CNN recipes of CTAL (Dimitri-Sinodinos/CTAL code_cnn, notes/methods.md b.4).
 
 Input: lorenmt/mtan's release (its README's Dropbox link): the folder
 `nyuv2/` holding `{train,val}/{image,label,depth,normal}/<i>.npy`, or that
-folder packed as `nyuv2.tar.gz` / `nyuv2.tar`, found in the `manual_dir`
+folder packed as `nyuv2.zip` (a Dropbox folder download), `nyuv2.tar.gz` or
+`nyuv2.tar`, found in the `manual_dir`
 given to `make_builder` or else in the TFDS manual directory
 (`<data_dir>/downloads/manual`). Targets (see mtan_common.py): semseg 13
 classes with MTAN's -1 stored as 255 (ignore), depth in metres with 0 =
@@ -45,7 +46,7 @@ class Builder(mtan_common.MtanBuilder, skip_registration=True):
       MtanNyuConfig(name="all", description="semseg (13), depth, normals"),
   ]
   DEFAULT_BUILDER_CONFIG_NAME = "all"
-  ARCHIVES = ("nyuv2.tar.gz", "nyuv2.tgz", "nyuv2.tar")
+  ARCHIVES = ("nyuv2.zip", "nyuv2.tar.gz", "nyuv2.tgz", "nyuv2.tar")
   FOLDERS = ("nyuv2",)
   MARKER = "train/label/0.npy"
   TASK_CLASS_NAMES = {"semseg": CLASS_NAMES}
@@ -53,7 +54,7 @@ class Builder(mtan_common.MtanBuilder, skip_registration=True):
   KNOWN_SIZES = {(288, 384): "288x384, the MTAN release"}
   SPLIT_SIZES = {"train": 795, "validation": 654}
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
-      "Place MTAN's preprocessed nyuv2/ folder (or nyuv2.tar.gz) in the "
+      "Place MTAN's preprocessed nyuv2/ folder (or nyuv2.zip) in the "
       "manual directory, or pass manual_dir=<file or folder> to "
       "make_builder.")
 
