@@ -146,6 +146,11 @@ _RULES = (
         ("data.scale_range", lambda v: isinstance(v, (tuple, list)) and
          len(v) == 2 and all(_is_real(x) and x > 0 for x in v) and
          v[0] <= v[1], "two numbers 0 < low <= high"),
+        ("data.image_mean", lambda v: isinstance(v, (tuple, list)) and
+         len(v) == 3 and all(_is_real(x) for x in v), "three numbers (RGB)"),
+        ("data.image_std", lambda v: isinstance(v, (tuple, list)) and
+         len(v) == 3 and all(_is_real(x) and x > 0 for x in v),
+         "three numbers > 0 (RGB)"),
         ("mesh.data", lambda v: _is_int(v) and (v == -1 or v >= 1),
          "-1 (all devices) or an integer >= 1"),
         ("eval.boundary.max_dist", lambda v: v is None or (_is_real(v) and

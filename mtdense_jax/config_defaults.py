@@ -65,7 +65,9 @@ def base_config() -> mlc.ConfigDict:
       builder_kwargs=mlc.ConfigDict(),
       train_split="train", eval_split="validation",
       image_size=(96, 128), scale_range=(0.5, 2.0), flip=True,
-      photometric=True, cat_max_ratio=0.75, worker_count=0, prefetch=2))
+      photometric=True, cat_max_ratio=0.75, worker_count=0, prefetch=2,
+      # Standardisation after scaling to [0, 1] (pipeline, predictor).
+      image_mean=(0.485, 0.456, 0.406), image_std=(0.229, 0.224, 0.225)))
 
   c.model = mlc.ConfigDict(dict(
       encoder="vit", variant="S/16", encoder_kw=mlc.ConfigDict(),

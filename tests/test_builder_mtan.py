@@ -96,10 +96,11 @@ def test_registered_by_name_and_read_by_the_pipeline(tmp_path):
   assert {"mtan_nyuv2", "mtan_cityscapes"} <= set(registry.available(
       "dataset"))
   raw = fa.write_mtan(tmp_path / "m", "nyuv2", n_train=2, n_val=3, hw=HW)
+  # CTAL's CNN loader feeds the [0, 1] images unstandardised.
   cfg = ml_collections.ConfigDict(dict(
       name="mtan_nyuv2", config=None, data_dir=str(tmp_path / "tfds"),
       manual_dir=str(tmp_path / "m"), image_size=HW, read_threads=1,
-      prefetch=1))
+      prefetch=1, image_mean=(0.0, 0.0, 0.0), image_std=(1.0, 1.0, 1.0)))
   data = pipeline.make_eval_iter(cfg, ["semseg", "depth", "normals"],
                                  global_batch_size=2)
   batches = list(data)
@@ -109,6 +110,10 @@ def test_registered_by_name_and_read_by_the_pipeline(tmp_path):
   # The pipeline reads the stored order (TFDS shuffles keys when writing).
   first = sources.get_builder(cfg).as_data_source("validation")[0]["id"]
   r = raw[first.decode()]
+  np.testing.assert_allclose(b0["image"][0], np.rint(r["image"] * 255) / 255,
+                             rtol=0, atol=1e-6)
+  np.testing.assert_allclose(b0["image"][0], r["image"], rtol=0,
+                             atol=0.5 / 255 + 1e-6)
   np.testing.assert_array_equal(b0["semseg"][0], _semseg(r["label"]))
   np.testing.assert_array_equal(b0["depth"][0],
                                 np.where(r["depth"] == 0, 255, r["depth"]))
@@ -231,3 +236,27 @@ def test_truncated_zip_is_reported(tmp_path):
     f.write(data[:len(data) // 2])
   with pytest.raises(ValueError, match="nyuv2.zip is not a readable zip archive"):
     _prepare(mtan_nyuv2, tmp_path, z)
+
+
+def test_image_statistics_reach_predictor_and_config_check():
+  from mtdense_jax import config_check  # pylint: disable=g-import-not-at-top
+  from mtdense_jax.data import transforms as T  # pylint: disable=g-import-not-at-top
+  from mtdense_jax.predict import geometry  # pylint: disable=g-import-not-at-top
+  from tests.conftest import REPO  # pylint: disable=g-import-not-at-top
+  img = np.random.default_rng(0).integers(0, 256, (*HW, 3)).astype(np.uint8)
+  unit = T.Normalize.for_config(ml_collections.ConfigDict(dict(
+      image_mean=(0.0, 0.0, 0.0), image_std=(1.0, 1.0, 1.0))))
+  x, _ = geometry.preprocess(img, HW, normalize=unit)
+  np.testing.assert_allclose(x, img / 255.0, rtol=0, atol=1e-6)
+  x, _ = geometry.preprocess(img, HW)  # ImageNet's by default
+  mean, std = np.array(T.IMAGENET_MEAN), np.array(T.IMAGENET_STD)
+  np.testing.assert_allclose(x, (img / 255.0 - mean) / std, atol=1e-5)
+  cfg = config_check.load_config_file(
+      str(REPO / "configs" / "synthetic_baseline.py") + ":runlocal")
+  assert tuple(cfg.data.image_std) == T.IMAGENET_STD
+  cfg.data.image_std = (1.0, 0.0, 1.0)
+  with pytest.raises(config_check.ConfigError) as e:
+    config_check.validate(cfg)
+  assert any(line.startswith("config.data.image_std=(1.0, 0.0, 1.0): must "
+                             "be three numbers > 0") for line in
+             e.value.lines()), e.value.lines()

@@ -23,6 +23,8 @@ Fields read from the ``data`` ConfigDict:
   scale_range: (lo, hi) of the random rescale factor, (0.5, 2.0); (1, 1) = off.
   flip: random horizontal flips (True).
   photometric: photometric distortion (True).
+  image_mean, image_std: RGB statistics of the standardisation after
+    scaling to [0, 1] (ImageNet's); (0, 0, 0) / (1, 1, 1) = [0, 1] images.
   cat_max_ratio: InvPT crop re-draw threshold (0.75) on the first task that
     `balances_crop`; 1 = off.
   worker_count: grain worker processes for training (0 = in-process threads).
@@ -138,7 +140,7 @@ def train_dataset(
     ds = ds.random_map(T.RandomHorizontalFlip(tasks))
   if data_cfg.get("photometric", True):
     ds = ds.random_map(T.PhotometricDistortion())
-  ds = ds.map(T.Normalize()).map(T.Pad(size, tasks))
+  ds = ds.map(T.Normalize.for_config(data_cfg)).map(T.Pad(size, tasks))
   ds = ds.map(T.AddIgnoreRegions(tasks)).map(T.BlankInvalid(tasks))
   ds = ds.batch(local, drop_remainder=True)
   it_ds = ds.to_iter_dataset(_read_options(data_cfg))
@@ -195,7 +197,8 @@ def eval_dataset(
   ds = ds.map_with_index(T.MarkValid(n))
   if pc > 1:
     ds = ds[pi::pc]
-  ds = ds.map(T.Normalize()).map(T.Pad(_size(data_cfg), tasks, keep))
+  ds = ds.map(T.Normalize.for_config(data_cfg)).map(
+      T.Pad(_size(data_cfg), tasks, keep))
   ds = ds.map(T.AddIgnoreRegions(tasks)).map(T.BlankInvalid(tasks))
   ds = ds.batch(local, drop_remainder=True)
   return EvalData(ds, _read_options(data_cfg), n)

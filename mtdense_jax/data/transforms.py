@@ -231,7 +231,8 @@ class PhotometricDistortion(grain.transforms.RandomMap):
 
 @dataclasses.dataclass(frozen=True)
 class Normalize(grain.transforms.Map):
-  """[0, 255] -> [0, 1] -> ImageNet mean/std standardisation (float32)."""
+  """[0, 255] -> [0, 1] -> mean/std standardisation (float32); ImageNet's
+  by default, `for_config` reads data.image_mean / data.image_std."""
 
   mean: tuple[float, float, float] = IMAGENET_MEAN
   std: tuple[float, float, float] = IMAGENET_STD
@@ -242,6 +243,13 @@ class Normalize(grain.transforms.Map):
     offset = -np.asarray(self.mean, np.float32) / std
     img = element["image"].astype(np.float32) * scale + offset
     return {**element, "image": img.astype(np.float32)}
+
+  @classmethod
+  def for_config(cls, data_cfg: Any) -> "Normalize":
+    """The data config's statistics; mean 0 / std 1 feeds [0, 1] images
+    (MTAN-style CNN recipes such as CTAL's feed them unstandardised)."""
+    return cls(tuple(data_cfg.get("image_mean", None) or IMAGENET_MEAN),
+               tuple(data_cfg.get("image_std", None) or IMAGENET_STD))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -55,13 +55,18 @@ def as_rgb(image: np.ndarray) -> np.ndarray:
 
 
 def preprocess(image: np.ndarray, size: tuple[int, int],
-               upscale: bool = True) -> tuple[np.ndarray, Placement]:
-  """uint8 image -> (normalised padded float32 (H, W, 3), its placement)."""
+               upscale: bool = True, normalize: T.Normalize | None = None
+               ) -> tuple[np.ndarray, Placement]:
+  """uint8 image -> (normalised padded float32 (H, W, 3), its placement).
+
+  `normalize`: the training config's (`T.Normalize.for_config`); ImageNet
+  statistics when None.
+  """
   image = as_rgb(image).astype(np.float32)
   pl = place(image.shape[:2], size, upscale)
   if (pl.rh, pl.rw) != image.shape[:2]:
     image = cv2.resize(image, (pl.rw, pl.rh), interpolation=cv2.INTER_LINEAR)
-  ex = T.Normalize().map({"image": image})
+  ex = (normalize or T.Normalize()).map({"image": image})
   ex = T.Pad(tuple(size)).map(ex)
   return ex["image"], pl
 

@@ -26,6 +26,7 @@ import orbax.checkpoint as ocp
 from mtdense_jax import config_check
 from mtdense_jax import registry
 from mtdense_jax.data import sources
+from mtdense_jax.data import transforms as T
 from mtdense_jax.predict import geometry
 from mtdense_jax.predict import panels
 from mtdense_jax.tasks import base as task_base
@@ -188,6 +189,7 @@ class Predictor:
     self.config, self.tasks, self.step = config, dict(tasks), step
     self.meta = dict(meta or {})
     self.size = tuple(int(s) for s in config.data.image_size)
+    self.normalize = T.Normalize.for_config(config.data)
     self.batch_size, self.upscale = int(batch_size), upscale
     defs, _, _ = state_lib.model_defs(_factory(config, self.tasks))
     self.params = params
@@ -240,7 +242,8 @@ class Predictor:
     results = []
     for start in range(0, len(images), self.batch_size):
       chunk = images[start:start + self.batch_size]
-      prepared = [geometry.preprocess(im, self.size, self.upscale)
+      prepared = [geometry.preprocess(im, self.size, self.upscale,
+                                      self.normalize)
                   for im in chunk]
       batch = np.zeros((self.batch_size,) + self.size + (3,), np.float32)
       for i, (x, _) in enumerate(prepared):
