@@ -139,6 +139,13 @@ class MtanBuilder(common.ArchiveBuilder, skip_registration=True):
       n = 0
       while self._source.has(f"{folder}/image/{n}.npy"):
         n += 1
+      later = [k for k in range(n + 1, n + 9)
+               if self._source.has(f"{folder}/image/{k}.npy")]
+      if later:
+        raise FileNotFoundError(
+            f"{folder}/image/{n}.npy is missing in {self._source.description}"
+            f" but {folder}/image/{later[0]}.npy exists: MTAN's loader reads "
+            "indices 0..n-1 without gaps. Nothing was written.")
       if n == 0:
         raise FileNotFoundError(
             f"{folder}/image/0.npy missing in {self._source.description}: "

@@ -159,6 +159,16 @@ def test_corrupt_npy_names_the_file(tmp_path, member):
   assert not _written(tmp_path / "tfds")
 
 
+def test_gap_in_the_indices_fails_before_writing(tmp_path):
+  fa.write_mtan(tmp_path / "m", "nyuv2", n_train=4, hw=HW)
+  os.remove(tmp_path / "m" / "nyuv2" / "train" / "image" / "2.npy")
+  with pytest.raises(FileNotFoundError,
+                     match="train/image/2.npy is missing .* but "
+                           "train/image/3.npy exists"):
+    _prepare(mtan_nyuv2, tmp_path, str(tmp_path / "m"))
+  assert not _written(tmp_path / "tfds")
+
+
 def test_missing_member_fails_before_writing(tmp_path):
   fa.write_mtan(tmp_path / "m", "nyuv2", n_train=3, hw=HW)
   os.remove(tmp_path / "m" / "nyuv2" / "train" / "normal" / "2.npy")
