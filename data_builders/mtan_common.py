@@ -121,6 +121,7 @@ class MtanBuilder(common.ArchiveBuilder, skip_registration=True):
   SPLIT_SIZES: ClassVar[Mapping[str, int]]
   SPLIT_FILES: ClassVar[Mapping[str, str]] = {}
   EDGE_MAX_DIST = None
+  _log_quantisation = False
 
   def _rel(self, image_id: str, folder: str) -> str:
     split, index = image_id.split("/")
@@ -169,7 +170,7 @@ class MtanBuilder(common.ArchiveBuilder, skip_registration=True):
              self.name, self._source.description, f"{hw[0]}x{hw[1]}",
              self.KNOWN_SIZES.get(hw, "not a size MTAN released"),
              len(ids["train"]), len(ids["validation"]))
-    self._logged_quantisation = False
+    self._log_quantisation = True
     return {s: self._generate_examples(v) for s, v in ids.items()}
 
   def _example(self, image_id: str) -> dict:
@@ -178,10 +179,10 @@ class MtanBuilder(common.ArchiveBuilder, skip_registration=True):
     raw = common.decode_or_raise(rel, image_id, common.load_npy,
                                  common.read_member(src, rel, image_id))
     img, err = common.decode_or_raise(rel, image_id, image_uint8, raw)
-    if not getattr(self, "_logged_quantisation", True):
+    if self._log_quantisation:  # once per preparation
       log.info("Images stored as uint8: max quantisation error %.3f/255 on "
                "%s.", err, rel)
-      self._logged_quantisation = True
+      self._log_quantisation = False
     hw = img.shape[:2]
     ex = {"image": common.encode_png(img), "id": image_id,
           "orig_size": np.asarray(hw, np.int32)}
