@@ -84,10 +84,13 @@ def base_config() -> mlc.ConfigDict:
   # aux_weight); aux_mode "inside" puts F_t + A_t through the weighting
   # (InvPT, CTAL), "outside" adds sum_t A_t after it (MT-CP: aux_weight
   # 0.5); a model's own losses (preds["losses"][n]) are added with
-  # extra_weights.get(n, 1).
+  # extra_weights.get(n, 1). aux_loss_from {task: task whose loss scores
+  # its aux heads} and aux_reduce {task: "sum" | "last"} reproduce released
+  # recipes' quirks (models/decoders/mtcp_recipe.py).
   c.loss = mlc.ConfigDict(dict(
       aux_weight=1.0, aux_weights=mlc.ConfigDict(), aux_mode="inside",
-      extra_weights=mlc.ConfigDict()))
+      extra_weights=mlc.ConfigDict(), aux_loss_from=mlc.ConfigDict(),
+      aux_reduce=mlc.ConfigDict()))
   c.weighting = mlc.ConfigDict(dict(name="lps", kw=mlc.ConfigDict()))
   c.optim = mlc.ConfigDict(dict(
       name="adamw", lr=1e-4, weight_decay=1e-4, b1=0.9, b2=0.999, eps=1e-8,
