@@ -9,6 +9,7 @@ rejects unknown keys (big_vision's ``bvcc.parse_arg``).
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import pathlib
 import types
@@ -44,6 +45,23 @@ def parse_arg(arg: str | None, **defaults: Any) -> mlc.ConfigDict:
     else:
       out[key] = kind(value)
   return out
+
+
+def apply_override(config: mlc.ConfigDict, item: str) -> None:
+  """'a.b=value' (a Python literal, else a string) set in place: the
+  ``--set`` of the benchmark scripts."""
+  key, sep, raw = item.partition("=")
+  if not sep:
+    raise ValueError(f"--set {item!r}: expected key.sub=value")
+  try:
+    value = ast.literal_eval(raw)
+  except (ValueError, SyntaxError):
+    value = raw
+  *nodes, leaf = key.split(".")
+  node = config
+  for n in nodes:
+    node = node[n]
+  node[leaf] = value
 
 
 def base_config() -> mlc.ConfigDict:
