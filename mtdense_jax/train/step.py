@@ -39,9 +39,10 @@ class LossConfig:
   aux_mode: str = "inside"
   extra_weights: Mapping[str, float] = dataclasses.field(default_factory=dict)
   # Per task t: the task whose loss function scores t's aux predictions
-  # (default t itself), and "sum" (default) or "last" (only the last aux
-  # head, in the model's aux-dict order, that predicts t). Both exist to
-  # reproduce released recipes exactly (e.g. MT-CP's, see
+  # (default t itself), and "sum" (default) or "last" (only the aux head
+  # that predicts t whose NAME sorts last: dict order does not survive
+  # jax transforms, which sort pytree keys). Both exist to reproduce
+  # released recipes exactly (e.g. MT-CP's, see
   # models/decoders/mtcp_recipe.py); the defaults are the intended loss.
   aux_loss_from: Mapping[str, str] = dataclasses.field(default_factory=dict)
   aux_reduce: Mapping[str, str] = dataclasses.field(default_factory=dict)
@@ -75,7 +76,8 @@ def loss_terms(tasks: Tasks, preds: Mapping[str, Any], batch: Batch,
   a_h loss_s(aux_h,t) with a_h = ``aux_weights[h]`` (default
   ``aux_weight``) and s = ``aux_loss_from.get(t, t)`` (the task whose loss
   function is applied to t's aux prediction and t's label); with
-  ``aux_reduce[t] == "last"`` only the last such head counts.
+  ``aux_reduce[t] == "last"`` only the one of these heads whose name sorts
+  last counts.
   R_n = e_n r_n for each ``preds["losses"][n]`` = r_n (regularisers the
   model returns), e_n = ``extra_weights[n]`` (default 1).
   """
@@ -88,11 +90,11 @@ def loss_terms(tasks: Tasks, preds: Mapping[str, Any], batch: Batch,
     label = batch[name]
     final[name] = task.loss(preds["final"][name], label)
     aux_loss = tasks[cfg.aux_loss_from.get(name, name)].loss
-    parts = [cfg.aux_weights.get(head, cfg.aux_weight)
-             * aux_loss(out[name], label)
-             for head, out in preds.get("aux", {}).items() if name in out]
+    heads = [h for h, out in preds.get("aux", {}).items() if name in out]
     if cfg.aux_reduce.get(name, "sum") == "last":
-      parts = parts[-1:]
+      heads = sorted(heads)[-1:]
+    parts = [cfg.aux_weights.get(h, cfg.aux_weight)
+             * aux_loss(preds["aux"][h][name], label) for h in heads]
     aux[name] = sum(parts, jnp.zeros((), jnp.float32))
   extra = {n: cfg.extra_weights.get(n, 1.0) * jnp.asarray(v, jnp.float32)
            for n, v in preds.get("losses", {}).items()}

@@ -12,8 +12,11 @@ Facts from Klodivio355/MT-CP@08c068e (shared/notes/methods.md a.2, a.3):
   OFF unless ``released_aux_bugs=True``: NYUD scores the normals aux heads
   with the depth L1 loss (``depth_loss(output['charlie_*'],
   targets['normals'])``); PASCAL adds only the last human-parts aux loss
-  (``intermediate_loss_2`` instead of the running sum). They become the
-  generic ``config.loss.aux_loss_from`` / ``aux_reduce`` options;
+  (``intermediate_loss_2`` instead of the running sum), i.e. the head on
+  the second trace-back step (pred_1, H/8: ``beta_human_4``). They become
+  the generic ``config.loss.aux_loss_from`` / ``aux_reduce`` options; "last"
+  is the aux head whose name sorts last, so the model must name its pred_1
+  head to sort after its pred_0 head (e.g. "aux0", "aux1");
 * the epoch-level LPS spread: 7.5 on NYUD, 1.6 on PASCAL (`LPS_SPREAD`).
 
 A helper module of the mtcp decoder plugin (no ``build``: not a plugin).
