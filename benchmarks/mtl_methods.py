@@ -32,6 +32,7 @@ initialised once per seed and copied into every method's state.
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
 import json
 import pathlib
@@ -47,6 +48,7 @@ import ml_collections as mlc
 import numpy as np
 
 from mtdense_jax import config_check
+from mtdense_jax import config_defaults
 from mtdense_jax import registry
 from mtdense_jax import runtime
 from mtdense_jax.data import pipeline
@@ -79,7 +81,33 @@ class OneTask(w_base.Weighting):
 
 def make_config(args, taskset: str, decoder: str) -> mlc.ConfigDict:
   """The quickstart recipe (configs/synthetic_*.py runlocal model) at
-  ``--size`` square images."""
+  ``--size`` square images, or ``--config`` as written; then ``--set``."""
+  if args.config:
+    cfg = config_check.load_config_file(args.config)
+    cfg.data.data_dir = args.data_dir
+    cfg.data.worker_count = 0
+    cfg.train.batch_size = cfg.eval.batch_size = args.batch
+    cfg.train.steps = cfg.optim.total_steps = args.steps
+    cfg.optim.warmup_steps = max(1, args.steps // 10)
+    if args.lr is not None:
+      cfg.optim.lr = args.lr
+  else:
+    cfg = _recipe_config(args, taskset, decoder)
+  for item in args.set:
+    config_defaults.apply_override(cfg, item)
+  return cfg
+
+
+def combos(args) -> list[tuple[str, str]]:
+  """(task set, decoder) pairs to run: ``--config``'s own, or the grid."""
+  if args.config:
+    cfg = make_config(args, "", "")
+    return [(cfg.data.config, cfg.model.decoder)]
+  return [(t, d) for d in args.decoders.split(",")
+          for t in args.tasksets.split(",")]
+
+
+def _recipe_config(args, taskset: str, decoder: str) -> mlc.ConfigDict:
   name = "synthetic_invpt.py" if decoder == "invpt" else "synthetic_baseline.py"
   cfg = config_check.load_config_file(
       f"{REPO / 'configs' / name}:runlocal,steps={args.steps}")
@@ -98,7 +126,7 @@ def make_config(args, taskset: str, decoder: str) -> mlc.ConfigDict:
   cfg.train.batch_size = cfg.eval.batch_size = args.batch
   cfg.train.steps = cfg.optim.total_steps = args.steps
   cfg.optim.warmup_steps = max(1, args.steps // 10)
-  cfg.optim.lr = args.lr
+  cfg.optim.lr = 1e-3 if args.lr is None else args.lr
   return cfg
 
 
@@ -109,18 +137,36 @@ def registry_tasks(taskset: str) -> tuple[str, ...]:
 
 
 def weighting_for(spec: str, tasks: Sequence[str]):
-  """`--methods` entry ("name" or "name:mode") -> weighting slot object."""
+  """`--methods` entry -> weighting slot object. An entry is "name", then
+  optionally ":mode" and/or ":key=value" keyword arguments (Python
+  literals), e.g. "pcgrad:representation" or "dwa:period=5"."""
   if spec == STL:
     return OneTask()
-  name, _, mode = spec.partition(":")
-  kw = {"mode": mode} if mode else {}
+  name, *parts = spec.split(":")
+  kw = {}
+  for part in parts:
+    key, sep, raw = part.partition("=")
+    if not sep:
+      kw["mode"] = part
+      continue
+    try:
+      kw[key] = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+      kw[key] = raw
   return gm_base.build(name, kw)
 
 
-def compile_train(exp, defs, weighting, state, batch, acc):
+def loss_config(exp, single_task: bool) -> step_lib.LossConfig:
+  """The config's loss assembly; a single-task reference puts the aux terms
+  inside its one-hot weighting, so the other tasks' aux heads (added after
+  the weighting with ``aux_mode="outside"``) do not train it."""
+  cfg = step_lib.LossConfig.from_config(exp.config.loss)
+  return dataclasses.replace(cfg, aux_mode="inside") if single_task else cfg
+
+
+def compile_train(exp, defs, weighting, state, batch, acc, loss_cfg):
   fn = step_lib.bind(step_lib.train_step, defs=defs, tasks=exp.tasks,
-                     weighting=weighting, tx=exp.tx,
-                     loss_cfg=step_lib.LossConfig.from_config(exp.config.loss))
+                     weighting=weighting, tx=exp.tx, loss_cfg=loss_cfg)
   jitted = jax.jit(lambda s, b, a, r: fn(s, b, a, rng=r),
                    donate_argnums=(0, 2))
   t0 = time.perf_counter()
@@ -210,15 +256,17 @@ def run_combo(args, taskset, decoder, methods, records, out, done):
       state = fresh_state(init, seed_exp, weighting, stl_task)
       if spec not in compiled:
         acc = step_lib.zero_acc(seed_exp.tasks, weighting)
-        compiled[spec] = compile_train(seed_exp, defs, weighting, state,
-                                       batch, acc)
+        compiled[spec] = compile_train(
+            seed_exp, defs, weighting, state, batch, acc,
+            loss_config(seed_exp, stl_task is not None))
       fn, compile_s, temp = compiled[spec]
       state, sps, train_metrics = train(fn, state, seed_exp, weighting, seed,
                                         args.steps)
       metrics = loop.evaluate(seed_exp, eval_fn, state["params"],
                               state["batch_stats"])
       rec = {"taskset": taskset, "decoder": decoder, "method": spec,
-             "stl_task": stl_task, "seed": seed, "steps": args.steps,
+             "tasks": tasks, "stl_task": stl_task, "seed": seed,
+             "steps": args.steps,
              "metrics": metrics, "train": train_metrics,
              "steps_per_s": sps, "compile_s": compile_s,
              "temp_mib": temp / 2**20 if temp else None}
@@ -253,11 +301,15 @@ def summarise(records, methods) -> str:
   for taskset, decoder in combos:
     rows = [r for r in records if (r["taskset"], r["decoder"]) ==
             (taskset, decoder)]
-    tasks = registry_tasks(taskset)
+    tasks = rows[0].get("tasks") or registry_tasks(taskset)
     directions = next(r["directions"] for r in rows if "directions" in r)
     cols = [(t, directions[t][0]) for t in tasks]
-    head = (f"{'method':22s}" + "".join(f"{t[:9] + '/' + m[:6]:>17s}"
-                                         for t, m in cols)
+    # Full metric names: they may carry the protocol (rmse_lt6.5535m).
+    names = [f"{t[:11]}/{m}" for t, m in cols]
+    width = [max(17, len(n) + 2) for n in names]
+    mw = max([22] + [len(m) + 2 for m in methods])
+    head = (f"{'method':{mw}s}" + "".join(f"{n:>{w}s}"
+                                          for n, w in zip(names, width))
             + f"{'delta_m %':>14s}{'steps/s':>9s}{'temp MiB':>9s}")
     lines += ["", f"== {taskset}, {decoder} decoder, {rows[0]['steps']} "
               f"steps, {len({r['seed'] for r in rows})} seeds (mean +- std "
@@ -273,7 +325,8 @@ def summarise(records, methods) -> str:
         cells.append(f"{np.mean(vals):9.4f}+-{np.std(vals):<6.4f}")
       dm = [100 * r["delta_m"] for r in rs if "delta_m" in r]
       dms = f"{np.mean(dm):7.2f}+-{np.std(dm):<5.2f}" if dm else f"{'-':>13s}"
-      lines.append(f"{m:22s}" + "".join(f"{c:>17s}" for c in cells)
+      lines.append(f"{m:{mw}s}" + "".join(f"{c:>{w}s}"
+                                          for c, w in zip(cells, width))
                    + f"{dms:>14s}{np.mean([r['steps_per_s'] for r in rs]):9.1f}"
                    + f"{rs[0]['temp_mib'] or float('nan'):9.1f}")
   return "\n".join(lines)
@@ -317,7 +370,14 @@ def main(argv=None):
                   "(InvPT needs a multiple of 64)")
   ap.add_argument("--num_train", type=int, default=256)
   ap.add_argument("--num_val", type=int, default=64)
-  ap.add_argument("--lr", type=float, default=1e-3)
+  ap.add_argument("--lr", type=float, default=None,
+                  help="default 1e-3 (the recipe); --config keeps its own")
+  ap.add_argument("--config", default=None, help="a config file (with "
+                  "':arg' suffix) to use instead of the recipe grid: its "
+                  "task set and decoder, trained --steps at --batch")
+  ap.add_argument("--set", action="append", default=[],
+                  help="config override key.sub=value (Python literal), "
+                  "applied last; repeatable")
   ap.add_argument("--tasksets", default="nyud_like,pascal_like")
   ap.add_argument("--decoders", default="baseline,invpt")
   ap.add_argument("--methods", default=",".join(
@@ -349,13 +409,13 @@ def main(argv=None):
   runtime.quiet_logs()
   records = []
   t0 = time.perf_counter()
+  where = args.config or f"{args.size}px"
   print(f"{len(methods)} methods + single-task references, {args.seeds} "
-        f"seeds, {args.steps} steps, {args.size}px, batch {args.batch}, "
+        f"seeds, {args.steps} steps, {where}, batch {args.batch}, "
         f"{jax.devices()[0].platform}", flush=True)
-  for decoder in args.decoders.split(","):
-    for taskset in args.tasksets.split(","):
-      run_combo(args, taskset, decoder, methods, records, out, done)
-      print(summarise(records, methods), flush=True)
+  for taskset, decoder in combos(args):
+    run_combo(args, taskset, decoder, methods, records, out, done)
+    print(summarise(records, methods), flush=True)
   plot(records, methods, out.with_suffix(".png"))
   print(summarise(records, methods))
   print(f"\nwrote {out} and {out.with_suffix('.png')}; total "

@@ -26,7 +26,6 @@ Prints a table and writes JSON.
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import os
 import sys
@@ -57,19 +56,6 @@ def _parse() -> argparse.Namespace:
                  help="config override key.sub=value (python literal)")
   p.add_argument("--json", default="scaling.json")
   return p.parse_args()
-
-
-def _override(cfg, item: str) -> None:
-  key, _, raw = item.partition("=")
-  try:
-    value = ast.literal_eval(raw)
-  except (ValueError, SyntaxError):
-    value = raw
-  *nodes, leaf = key.split(".")
-  node = cfg
-  for n in nodes:
-    node = node[n]
-  node[leaf] = value
 
 
 def measure(cfg, *, steps: int, warmup: int) -> dict:
@@ -129,6 +115,7 @@ def main() -> None:
   from absl import flags  # pylint: disable=g-import-not-at-top
   flags.FLAGS.mark_as_parsed()   # grain reads absl flags.
   from mtdense_jax import config_check  # pylint: disable=g-import-not-at-top
+  from mtdense_jax import config_defaults  # pylint: disable=g-import-not-at-top
 
   rows = []
   for bs in [int(b) for b in args.batch_sizes.split(",")]:
@@ -137,7 +124,7 @@ def main() -> None:
         for k in [int(g) for g in args.grad_accum.split(",")]:
           cfg = config_check.load_config_file(args.config)
           for item in args.set:
-            _override(cfg, item)
+            config_defaults.apply_override(cfg, item)
           if args.data_dir:
             cfg.data.data_dir = args.data_dir
           cfg.train.batch_size = bs

@@ -22,7 +22,8 @@ from mtdense_jax import config_defaults, registry
 # Free-form sub-dicts: their keys belong to a plugin, not to the schema.
 _FREE_FORM = {"task_kw", "data.builder_kwargs", "model.encoder_kw",
               "model.decoder_kw", "weighting.kw", "eval.stl_baselines",
-              "loss.aux_weights", "loss.extra_weights", "optim.layer_decay"}
+              "loss.aux_weights", "loss.extra_weights", "optim.layer_decay",
+              "loss.aux_loss_from", "loss.aux_reduce"}
 
 
 class ConfigError(ValueError):

@@ -9,6 +9,7 @@ rejects unknown keys (big_vision's ``bvcc.parse_arg``).
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import pathlib
 import types
@@ -44,6 +45,23 @@ def parse_arg(arg: str | None, **defaults: Any) -> mlc.ConfigDict:
     else:
       out[key] = kind(value)
   return out
+
+
+def apply_override(config: mlc.ConfigDict, item: str) -> None:
+  """'a.b=value' (a Python literal, else a string) set in place: the
+  ``--set`` of the benchmark scripts."""
+  key, sep, raw = item.partition("=")
+  if not sep:
+    raise ValueError(f"--set {item!r}: expected key.sub=value")
+  try:
+    value = ast.literal_eval(raw)
+  except (ValueError, SyntaxError):
+    value = raw
+  *nodes, leaf = key.split(".")
+  node = config
+  for n in nodes:
+    node = node[n]
+  node[leaf] = value
 
 
 def base_config() -> mlc.ConfigDict:
@@ -86,10 +104,13 @@ def base_config() -> mlc.ConfigDict:
   # aux_weight); aux_mode "inside" puts F_t + A_t through the weighting
   # (InvPT, CTAL), "outside" adds sum_t A_t after it (MT-CP: aux_weight
   # 0.5); a model's own losses (preds["losses"][n]) are added with
-  # extra_weights.get(n, 1).
+  # extra_weights.get(n, 1). aux_loss_from {task: task whose loss scores
+  # its aux heads} and aux_reduce {task: "sum" | "last"} reproduce released
+  # recipes' quirks (models/decoders/mtcp_recipe.py).
   c.loss = mlc.ConfigDict(dict(
       aux_weight=1.0, aux_weights=mlc.ConfigDict(), aux_mode="inside",
-      extra_weights=mlc.ConfigDict()))
+      extra_weights=mlc.ConfigDict(), aux_loss_from=mlc.ConfigDict(),
+      aux_reduce=mlc.ConfigDict()))
   c.weighting = mlc.ConfigDict(dict(name="lps", kw=mlc.ConfigDict()))
   c.optim = mlc.ConfigDict(dict(
       name="adamw", lr=1e-4, weight_decay=1e-4, b1=0.9, b2=0.999, eps=1e-8,

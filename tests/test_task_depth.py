@@ -56,9 +56,14 @@ def test_metrics_golden(golden, ref_id, kwargs):
   # pipeline delivers (the offline ids used 0 = invalid, the same pixels).
   pred = tt.jnhwc(npz["depth/pred_raw"])
   gt = jnp.asarray(npz["depth/gt_ignore"])[..., None]
-  got = tt.run_metric(depth.Task(**kwargs), pred, gt, ref["batch_size"])
+  task = depth.Task(**kwargs)
+  got = tt.run_metric(task, pred, gt, ref["batch_size"])
+  # A truncated range (MT-CP) is named in every key: rmse_lt6.5535m.
+  suffix = "_lt6.5535m" if "max_depth" in kwargs else ""
+  assert task.metric_suffix == suffix
+  assert list(got) == list(task.metric_directions)
   for key, want in ref["outputs"].items():
-    np.testing.assert_allclose(got[key], want, rtol=RTOL, atol=ATOL,
+    np.testing.assert_allclose(got[key + suffix], want, rtol=RTOL, atol=ATOL,
                                err_msg=f"{ref_id}/{key}")
 
 

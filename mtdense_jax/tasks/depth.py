@@ -9,6 +9,8 @@ Ports (facts only, no code copied):
   evaluation/eval_depth.py ``eval_depth`` / ``DepthMeter``.
 * ``max_depth``: Klodivio355/MT-CP@08c068e evaluation/eval_depth.py, which
   silently drops gt >= 65535 * 1e-4 = 6.5535 m (pass ``max_depth=6.5535``).
+  The metrics then carry the range in their names (``rmse_lt6.5535m``...):
+  they are not comparable with full-range ones.
 * ``loss_max_depth``: MT-CP losses/loss_functions.py ``DepthLoss``, whose L1
   also drops gt >= 6.5535 m (pass ``loss_max_depth=6.5535``).
 * ``invalid_value``: InvPT marks missing depth (stored 0) and padding 255;
@@ -74,12 +76,18 @@ class Task(base.Task):
   max_stored_depth: float = 1000.0
 
   @property
+  def metric_suffix(self) -> str:
+    """"" on the full range; "_lt<max_depth>m" when gt >= max_depth is
+    dropped (MT-CP's protocol), so a truncated-range RMSE is never printed,
+    logged or compared (Delta_m, keep-best) under the plain name."""
+    return "" if self.max_depth is None else f"_lt{self.max_depth:g}m"
+
+  @property
   def metric_directions(self) -> Mapping[str, bool]:
     """All lower-is-better; the first is the primary metric."""
-    if self.protocol == "mtan":
-      return {"abs": False, "rel": False, "rmse": False, "log_rmse": False}
-    return {"rmse": False, "log_rmse": False, "abs_rel": False,
-            "sq_rel": False}
+    keys = (("abs", "rel", "rmse", "log_rmse") if self.protocol == "mtan"
+            else ("rmse", "log_rmse", "abs_rel", "sq_rel"))
+    return {k + self.metric_suffix: False for k in keys}
 
   @property
   def num_outputs(self) -> int:
@@ -148,12 +156,14 @@ class Task(base.Task):
     mean = {k: common.acc_value(stats[k]) / n
             for k in ("sq", "log_sq", "abs_rel", "sq_rel", "abs")}
     if self.protocol == "mtan":
-      return {"abs": mean["abs"], "rel": mean["abs_rel"],
-              "rmse": float(np.sqrt(mean["sq"])),
-              "log_rmse": float(np.sqrt(mean["log_sq"]))}
-    return {"rmse": float(np.sqrt(mean["sq"])),
-            "log_rmse": float(np.sqrt(mean["log_sq"])),
-            "abs_rel": mean["abs_rel"], "sq_rel": mean["sq_rel"]}
+      out = {"abs": mean["abs"], "rel": mean["abs_rel"],
+             "rmse": float(np.sqrt(mean["sq"])),
+             "log_rmse": float(np.sqrt(mean["log_sq"]))}
+    else:
+      out = {"rmse": float(np.sqrt(mean["sq"])),
+             "log_rmse": float(np.sqrt(mean["log_sq"])),
+             "abs_rel": mean["abs_rel"], "sq_rel": mean["sq_rel"]}
+    return {k + self.metric_suffix: v for k, v in out.items()}
 
   # What the panels' colour bar shows (mtdense_jax/viz.py).
   units: ClassVar[str] = "m"

@@ -28,6 +28,7 @@ from mtdense_jax.train import state as state_lib
 
 Tasks = Mapping[str, task_base.Task]
 Batch = Mapping[str, jax.Array]
+AUX_REDUCE = ("sum", "last")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,12 +38,24 @@ class LossConfig:
   aux_weights: Mapping[str, float] = dataclasses.field(default_factory=dict)
   aux_mode: str = "inside"
   extra_weights: Mapping[str, float] = dataclasses.field(default_factory=dict)
+  # Per task t: the task whose loss function scores t's aux predictions
+  # (default t itself), and "sum" (default) or "last" (only the aux head
+  # that predicts t whose NAME sorts last: dict order does not survive
+  # jax transforms, which sort pytree keys). Both exist to reproduce
+  # released recipes exactly (e.g. MT-CP's, see
+  # models/decoders/mtcp_recipe.py); the defaults are the intended loss.
+  aux_loss_from: Mapping[str, str] = dataclasses.field(default_factory=dict)
+  aux_reduce: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
   def __post_init__(self):
     if self.aux_mode not in ("inside", "outside"):
       raise ValueError(f"config.loss.aux_mode={self.aux_mode!r}; one of "
                        "'inside' (aux terms weighted with their task) or "
                        "'outside' (added after the weighting)")
+    for task, how in self.aux_reduce.items():
+      if how not in AUX_REDUCE:
+        raise ValueError(f"config.loss.aux_reduce.{task}={how!r}; one of "
+                         f"{AUX_REDUCE}")
 
   @classmethod
   def from_config(cls, loss_cfg: Mapping[str, Any] | Any) -> "LossConfig":
@@ -50,7 +63,9 @@ class LossConfig:
     return cls(aux_weight=float(get("aux_weight", 1.0)),
                aux_weights=dict(get("aux_weights", None) or {}),
                aux_mode=get("aux_mode", None) or "inside",
-               extra_weights=dict(get("extra_weights", None) or {}))
+               extra_weights=dict(get("extra_weights", None) or {}),
+               aux_loss_from=dict(get("aux_loss_from", None) or {}),
+               aux_reduce=dict(get("aux_reduce", None) or {}))
 
 
 def loss_terms(tasks: Tasks, preds: Mapping[str, Any], batch: Batch,
@@ -58,20 +73,29 @@ def loss_terms(tasks: Tasks, preds: Mapping[str, Any], batch: Batch,
   """(final F_t, weighted aux A_t, weighted model losses R_n) of one batch.
 
   F_t = loss_t(final_t); A_t = sum over aux heads h that predict t of
-  a_h loss_t(aux_h,t) with a_h = ``aux_weights[h]`` (default
-  ``aux_weight``); R_n = e_n r_n for each ``preds["losses"][n]`` = r_n
-  (regularisers the model returns), e_n = ``extra_weights[n]`` (default 1).
+  a_h loss_s(aux_h,t) with a_h = ``aux_weights[h]`` (default
+  ``aux_weight``) and s = ``aux_loss_from.get(t, t)`` (the task whose loss
+  function is applied to t's aux prediction and t's label); with
+  ``aux_reduce[t] == "last"`` only the one of these heads whose name sorts
+  last counts.
+  R_n = e_n r_n for each ``preds["losses"][n]`` = r_n (regularisers the
+  model returns), e_n = ``extra_weights[n]`` (default 1).
   """
+  unknown = sorted(set(cfg.aux_loss_from.values()) - set(tasks))
+  if unknown:
+    raise ValueError(f"config.loss.aux_loss_from names {unknown}, not among "
+                     f"the configured tasks {sorted(tasks)}.")
   final, aux = {}, {}
   for name, task in tasks.items():
     label = batch[name]
     final[name] = task.loss(preds["final"][name], label)
-    a = jnp.zeros((), jnp.float32)
-    for head, out in preds.get("aux", {}).items():
-      if name in out:
-        w = cfg.aux_weights.get(head, cfg.aux_weight)
-        a = a + w * task.loss(out[name], label)
-    aux[name] = a
+    aux_loss = tasks[cfg.aux_loss_from.get(name, name)].loss
+    heads = [h for h, out in preds.get("aux", {}).items() if name in out]
+    if cfg.aux_reduce.get(name, "sum") == "last":
+      heads = sorted(heads)[-1:]
+    parts = [cfg.aux_weights.get(h, cfg.aux_weight)
+             * aux_loss(preds["aux"][h][name], label) for h in heads]
+    aux[name] = sum(parts, jnp.zeros((), jnp.float32))
   extra = {n: cfg.extra_weights.get(n, 1.0) * jnp.asarray(v, jnp.float32)
            for n, v in preds.get("losses", {}).items()}
   return final, aux, extra
