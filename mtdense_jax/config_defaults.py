@@ -123,7 +123,9 @@ def base_config() -> mlc.ConfigDict:
       boundary=mlc.ConfigDict(dict(
           enabled=False, max_dist=mlc.config_dict.placeholder(float),
           thresholds=mlc.config_dict.placeholder(int), matcher="bsds",
-          processes=0,
+          # Worker processes (-1: one per usable core once more than
+          # boundary.AUTO_INLINE images are in; 0: inline).
+          processes=-1,
           # Threshold tasks per image in the pool; correspondPixels' seed
           # (reset per call; None = clock, not reproducible); gt_mode and
           # gt_key (a batch key, e.g. a LabelMap) of the boundary gt.

@@ -94,6 +94,7 @@ predicted -> R = 0, P = 1; F = 0 when P + R = 0. Dataset level follows
 from __future__ import annotations
 
 import multiprocessing
+import os
 import time
 from typing import Sequence
 
@@ -373,11 +374,18 @@ def summarize(counts: np.ndarray) -> dict[str, float]:
           "AP": seism_ap(prec, rec)}
 
 
+# processes=-1: images evaluated inline before the pool starts.
+AUTO_INLINE = 16
+
+
 class BoundaryEvaluator:
   """Accumulates per-image SEISM counts; ``compute`` gives odsF/oisF/AP.
 
   ``processes > 0`` evaluates images in a spawn-context pool (safe beside
-  JAX's threads; the launching script needs the usual ``__main__`` guard):
+  JAX's threads; the launching script needs the usual ``__main__`` guard);
+  ``processes=-1`` (auto) evaluates the first ``AUTO_INLINE`` images inline
+  (a pool's start-up costs seconds, more than a small split) and the rest
+  in a pool of one process per usable core (inline on one core):
   ``add`` returns at once unless ``4 * processes`` tasks are already in
   flight (then it waits for the oldest, so memory stays bounded);
   ``compute`` waits for all. ``chunks > 1`` splits each image's thresholds
@@ -402,6 +410,13 @@ class BoundaryEvaluator:
     self._chunks = max(1, min(int(chunks), self.thresholds.size))
     self._counts: list[np.ndarray] = []
     self._pending: list[list] = []  # per image: its chunks' AsyncResults
+    if processes < 0:
+      cores = len(os.sched_getaffinity(0)) if hasattr(
+          os, "sched_getaffinity") else (os.cpu_count() or 1)
+      processes = cores if cores > 1 else 0
+      self._inline_first = AUTO_INLINE
+    else:
+      self._inline_first = 0
     self._processes = processes
     self._pool = None
     self.submitted = 0
@@ -416,7 +431,7 @@ class BoundaryEvaluator:
     args = (np.asarray(prob), np.asarray(gt), self.max_dist,
             self.thresholds, self.nms)
     self.submitted += 1
-    if self._processes <= 0:
+    if self._processes <= 0 or self.submitted <= self._inline_first:
       self.add_counts(image_counts(*args, **self._kwargs(crop)))
       return
     if self._pool is None:
