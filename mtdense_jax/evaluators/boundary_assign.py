@@ -554,42 +554,61 @@ def _outliers(n1, n2, seed):
 
 @numba.njit(cache=True)
 def _full_graph(ei, ej, ec, n1, n2, ow, out1, out2, oo):
-  """matchEdgeMaps' assignment graph as CSR (costs doubled)."""
+  """matchEdgeMaps' assignment graph as CSR (costs doubled).
+
+  Each row lists, in order: pixel i: its real edges (as listed), its
+  outlier edges out1[i], its overlay edge; gt outlier node j: the gt
+  pixels whose draws hold j (ascending), its outlier-outlier edges, its
+  overlay edge (the order of an edge list of real, out1, out2, oo and
+  overlay edges turned into CSR), written straight into place.
+  """
   n = n1 + n2
-  m_real = ei.size
   d1, d2, d3 = out1.shape[1], out2.shape[1], oo.shape[1]
   nmax = max(n1, n2)
-  m = m_real + n1 * d1 + n2 * d2 + nmax * d3 + n
-  rows = np.empty(m, np.int64)
-  cols = np.empty(m, np.int64)
-  cst = np.empty(m, np.int64)
-  at = 0
-  for e in range(m_real):
-    rows[at], cols[at], cst[at] = ei[e], ej[e], 2 * ec[e]
-    at += 1
+  indptr = np.zeros(n + 1, np.int64)
+  for e in range(ei.size):
+    indptr[ei[e] + 1] += 1
   for i in range(n1):
-    for a in range(d1):
-      rows[at], cols[at], cst[at] = i, n2 + out1[i, a], 2 * ow
-      at += 1
+    indptr[i + 1] += d1 + 1
   for j in range(n2):
     for a in range(d2):
-      rows[at], cols[at], cst[at] = n1 + out2[j, a], j, 2 * ow
-      at += 1
+      indptr[n1 + out2[j, a] + 1] += 1
+  for i in range(nmax):
+    for a in range(d3):
+      indptr[n1 + (i if n1 < n2 else oo[i, a]) + 1] += 1
+  for j in range(n2):
+    indptr[n1 + j + 1] += 1
+  for r in range(n):
+    indptr[r + 1] += indptr[r]
+  fill = indptr[:-1].copy()
+  indices = np.empty(indptr[n], np.int64)
+  cost = np.empty(indptr[n], np.int64)
+  for e in range(ei.size):
+    at = fill[ei[e]]
+    indices[at], cost[at] = ej[e], 2 * ec[e]
+    fill[ei[e]] = at + 1
+  for i in range(n1):
+    at = fill[i]
+    for a in range(d1):
+      indices[at + a], cost[at + a] = n2 + out1[i, a], 2 * ow
+    indices[at + d1], cost[at + d1] = n2 + i, 2 * ow * _MULTIPLIER
+  for j in range(n2):
+    for a in range(d2):
+      r = n1 + out2[j, a]
+      indices[fill[r]], cost[fill[r]] = j, 2 * ow
+      fill[r] += 1
   for i in range(nmax):
     for a in range(d3):
       if n1 < n2:
-        rows[at], cols[at] = n1 + i, n2 + oo[i, a]
+        r, c = n1 + i, n2 + oo[i, a]
       else:
-        rows[at], cols[at] = n1 + oo[i, a], n2 + i
-      cst[at] = 2 * ow
-      at += 1
-  for i in range(n1):  # the perfect-match overlay
-    rows[at], cols[at], cst[at] = i, n2 + i, 2 * ow * _MULTIPLIER
-    at += 1
-  for j in range(n2):
-    rows[at], cols[at], cst[at] = n1 + j, j, 2 * ow * _MULTIPLIER
-    at += 1
-  return _csr(n, rows, cols, cst)
+        r, c = n1 + oo[i, a], n2 + i
+      indices[fill[r]], cost[fill[r]] = c, 2 * ow
+      fill[r] += 1
+  for j in range(n2):  # the perfect-match overlay
+    r = n1 + j
+    indices[fill[r]], cost[fill[r]] = j, 2 * ow * _MULTIPLIER
+  return indptr, indices, cost
 
 
 @numba.njit(cache=True)
