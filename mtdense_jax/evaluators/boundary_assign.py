@@ -67,27 +67,32 @@ _INF = np.int64(1) << np.int64(62)
 
 # ------------------------------------------------------------ random stream
 
-@numba.njit(cache=True)
-def _fp(state: np.ndarray) -> float:
-  """glibc erand48: X <- (0x5DEECE66D X + 11) mod 2^48, returns X / 2^48."""
-  x = (np.uint64(0x5DEECE66D) * state[0] + np.uint64(0xB)) & np.uint64(
-      0xFFFFFFFFFFFF)
-  state[0] = x
-  return float(x) * (1.0 / 281474976710656.0)
+_LCG_A = 0x5DEECE66D
+_LCG_MASK = (1 << 48) - 1
+_TWO_M48 = 1.0 / 281474976710656.0
+
+
+@numba.njit(cache=True, inline="always")
+def _step(x: int) -> int:
+  """glibc erand48's X <- (0x5DEECE66D X + 11) mod 2^48 (in uint64: the
+  wrapped product keeps the low 48 bits; X < 2^48 fits an int64)."""
+  return np.int64((np.uint64(x) * np.uint64(_LCG_A) + np.uint64(0xB))
+                  & np.uint64(_LCG_MASK))
+
+
+@numba.njit(cache=True, inline="always")
+def _below(x: int, m: int) -> int:
+  """Random::i32(0, m - 1) of the drawn X: floor(X / 2^48 * m + 0), in
+  doubles (+ 0.0 and floor vs truncation change nothing: all >= 0)."""
+  return int((float(x) * _TWO_M48) * float(m))
 
 
 @numba.njit(cache=True)
-def _i32(state: np.ndarray, a: int, b: int) -> int:
-  """Random::i32(a, b): floor(fp() * (b - a + 1) + a), in doubles."""
-  x = _fp(state)
-  return int(math.floor(x * (float(b) - float(a) + 1.0) + float(a)))
-
-
-@numba.njit(cache=True)
-def _kofn_small(k: int, n: int, vals: np.ndarray, state: np.ndarray,
-                stack: np.ndarray):
+def _kofn_small(k: int, n: int, vals: np.ndarray, x: int,
+                stack: np.ndarray) -> int:
   """kofn.cc _kOfN_smallK, its recursion unrolled (left part first);
-  stack: (64, 4) scratch of (k, n, offset, base)."""
+  stack: (64, 4) scratch of (k, n, offset, base); x: the stream's state,
+  returned advanced."""
   stack[0, 0], stack[0, 1], stack[0, 2], stack[0, 3] = k, n, 0, 0
   top = 1
   while top > 0:
@@ -95,12 +100,14 @@ def _kofn_small(k: int, n: int, vals: np.ndarray, state: np.ndarray,
     kk, nn, off, base = stack[top, 0], stack[top, 1], stack[top, 2], stack[
         top, 3]
     if kk == 1:
-      vals[off] = base + _i32(state, 0, nn - 1)
+      x = _step(x)
+      vals[off] = base + _below(x, nn)
       continue
     left_n = nn // 2
     left_k = 0
     for i in range(kk):
-      if _i32(state, 0, nn - i - 1) < left_n - left_k:
+      x = _step(x)
+      if _below(x, nn - i) < left_n - left_k:
         left_k += 1
     right_k = kk - left_k
     if right_k > 0:  # pushed first, so drawn after the left part
@@ -111,40 +118,59 @@ def _kofn_small(k: int, n: int, vals: np.ndarray, state: np.ndarray,
       stack[top, 0], stack[top, 1] = left_k, left_n
       stack[top, 2], stack[top, 3] = off, base
       top += 1
+  return x
+
+
+@numba.njit(cache=True)
+def _small_branch(k: int, n: int) -> bool:
+  """kOfN's choice: _kOfN_smallK when k log2 k < n / 2 (C ints)."""
+  return k * math.log(k) / math.log(2.0) < float(n // 2)
+
+
+@numba.njit(cache=True)
+def _kofn_x(k: int, n: int, vals: np.ndarray, x: int,
+            stack: np.ndarray, small: bool) -> int:
+  """kofn.cc kOfN: k sorted distinct integers of [0, n); returns the
+  advanced state. small: ``_small_branch(k, n)``."""
+  if k == 0:
+    return x
+  if small:
+    return _kofn_small(k, n, vals, x, stack)
+  j = 0
+  for i in range(n):
+    x = _step(x)
+    if float(x) * _TWO_M48 < float(k - j) / float(n - i):
+      vals[j] = i
+      j += 1
+  return x
 
 
 @numba.njit(cache=True)
 def _kofn(k: int, n: int, vals: np.ndarray, state: np.ndarray,
           stack: np.ndarray):
-  """kofn.cc kOfN: k sorted distinct integers of [0, n)."""
-  if k == 0:
-    return
-  klogk = k * math.log(k) / math.log(2.0)
-  if klogk < float(n // 2):  # C: n / 2 in ints
-    _kofn_small(k, n, vals, state, stack)
-    return
-  j = 0
-  for i in range(n):
-    if _fp(state) < float(k - j) / float(n - i):
-      vals[j] = i
-      j += 1
+  """``_kofn_x`` with the state in state[0] (uint64)."""
+  small = k > 0 and _small_branch(k, n)
+  state[0] = np.uint64(_kofn_x(k, n, vals, np.int64(state[0]), stack,
+                               small))
 
 
 @numba.njit(cache=True)
 def _draw(count: int, k: int, n: int, skip_diagonal: bool,
-          state: np.ndarray) -> np.ndarray:
-  """count rows of kOfN(k, n), shifted past the row index if asked."""
+          x: int) -> tuple[np.ndarray, int]:
+  """count rows of kOfN(k, n), shifted past the row index if asked; and
+  the advanced state."""
   out = np.empty((count, k), np.int64)
   buf = np.empty(max(k, 1), np.int64)
   stack = np.empty((64, 4), np.int64)
+  small = k > 0 and _small_branch(k, n)  # once, not per row
   for i in range(count):
-    _kofn(k, n, buf, state, stack)
+    x = _kofn_x(k, n, buf, x, stack, small)
     for a in range(k):
       j = buf[a]
       if skip_diagonal and j >= i:
         j += 1
       out[i, a] = j
-  return out
+  return out, x
 
 
 # ----------------------------------------------- shortest augmenting paths
@@ -541,14 +567,13 @@ def _relaxed(ei, ej, ec, n1, n2, ow):
 @numba.njit(cache=True)
 def _outliers(n1, n2, seed):
   """Step 1: match.cc's outlier draws (map 1, map 2, outlier-outlier)."""
-  state = np.empty(1, np.uint64)
-  state[0] = np.uint64(seed)
+  x = np.int64(seed)
   d1 = max(0, min(_DEGREE, n1 - 1))
   d2 = max(0, min(_DEGREE, n2 - 1))
   d3 = min(_DEGREE, min(n1, n2))
-  out1 = _draw(n1, d1, n1 - 1, True, state)
-  out2 = _draw(n2, d2, n2 - 1, True, state)
-  oo = _draw(max(n1, n2), d3, min(n1, n2), False, state)
+  out1, x = _draw(n1, d1, n1 - 1, True, x)
+  out2, x = _draw(n2, d2, n2 - 1, True, x)
+  oo, x = _draw(max(n1, n2), d3, min(n1, n2), False, x)
   return out1, out2, oo
 
 
