@@ -578,8 +578,10 @@ def _outliers(n1, n2, seed):
 
 
 @numba.njit(cache=True)
-def _full_graph(ei, ej, ec, n1, n2, ow, out1, out2, oo):
-  """matchEdgeMaps' assignment graph as CSR (costs doubled).
+def _graph(ei, ej, ec, n1, n2, ow, out1, out2, oo, fu, fv, tight_only):
+  """matchEdgeMaps' assignment graph as CSR (costs doubled); tight_only:
+  just its edges tight under the duals (c == fu + fv; outlier nodes sit at
+  ow), in the same order.
 
   Each row lists, in order: pixel i: its real edges (as listed), its
   outlier edges out1[i], its overlay edge; gt outlier node j: the gt
@@ -590,67 +592,63 @@ def _full_graph(ei, ej, ec, n1, n2, ow, out1, out2, oo):
   n = n1 + n2
   d1, d2, d3 = out1.shape[1], out2.shape[1], oo.shape[1]
   nmax = max(n1, n2)
+  w_out, w_over = 2 * ow, 2 * ow * _MULTIPLIER
   indptr = np.zeros(n + 1, np.int64)
   for e in range(ei.size):
-    indptr[ei[e] + 1] += 1
+    if not tight_only or 2 * ec[e] == fu[ei[e]] + fv[ej[e]]:
+      indptr[ei[e] + 1] += 1
   for i in range(n1):
-    indptr[i + 1] += d1 + 1
+    if not tight_only or w_out == fu[i] + ow:
+      indptr[i + 1] += d1
+    if not tight_only or w_over == fu[i] + fv[n2 + i]:
+      indptr[i + 1] += 1
   for j in range(n2):
-    for a in range(d2):
-      indptr[n1 + out2[j, a] + 1] += 1
-  for i in range(nmax):
+    if not tight_only or w_out == ow + fv[j]:
+      for a in range(d2):
+        indptr[n1 + out2[j, a] + 1] += 1
+  for i in range(nmax):  # outlier-outlier edges: always tight
     for a in range(d3):
       indptr[n1 + (i if n1 < n2 else oo[i, a]) + 1] += 1
   for j in range(n2):
-    indptr[n1 + j + 1] += 1
+    if not tight_only or w_over == fu[n1 + j] + fv[j]:
+      indptr[n1 + j + 1] += 1
   for r in range(n):
     indptr[r + 1] += indptr[r]
   fill = indptr[:-1].copy()
   indices = np.empty(indptr[n], np.int64)
   cost = np.empty(indptr[n], np.int64)
   for e in range(ei.size):
-    at = fill[ei[e]]
-    indices[at], cost[at] = ej[e], 2 * ec[e]
-    fill[ei[e]] = at + 1
+    if not tight_only or 2 * ec[e] == fu[ei[e]] + fv[ej[e]]:
+      at = fill[ei[e]]
+      indices[at], cost[at] = ej[e], 2 * ec[e]
+      fill[ei[e]] = at + 1
   for i in range(n1):
     at = fill[i]
-    for a in range(d1):
-      indices[at + a], cost[at + a] = n2 + out1[i, a], 2 * ow
-    indices[at + d1], cost[at + d1] = n2 + i, 2 * ow * _MULTIPLIER
+    if not tight_only or w_out == fu[i] + ow:
+      for a in range(d1):
+        indices[at + a], cost[at + a] = n2 + out1[i, a], w_out
+      at += d1
+    if not tight_only or w_over == fu[i] + fv[n2 + i]:
+      indices[at], cost[at] = n2 + i, w_over
   for j in range(n2):
-    for a in range(d2):
-      r = n1 + out2[j, a]
-      indices[fill[r]], cost[fill[r]] = j, 2 * ow
-      fill[r] += 1
+    if not tight_only or w_out == ow + fv[j]:
+      for a in range(d2):
+        r = n1 + out2[j, a]
+        indices[fill[r]], cost[fill[r]] = j, w_out
+        fill[r] += 1
   for i in range(nmax):
     for a in range(d3):
       if n1 < n2:
         r, c = n1 + i, n2 + oo[i, a]
       else:
         r, c = n1 + oo[i, a], n2 + i
-      indices[fill[r]], cost[fill[r]] = c, 2 * ow
+      indices[fill[r]], cost[fill[r]] = c, w_out
       fill[r] += 1
   for j in range(n2):  # the perfect-match overlay
-    r = n1 + j
-    indices[fill[r]], cost[fill[r]] = j, 2 * ow * _MULTIPLIER
+    if not tight_only or w_over == fu[n1 + j] + fv[j]:
+      r = n1 + j
+      indices[fill[r]], cost[fill[r]] = j, w_over
   return indptr, indices, cost
-
-
-@numba.njit(cache=True)
-def _tight(indptr, indices, cost, u, v):
-  """The CSR's tight edges (c == u + v), in the same order."""
-  out_ptr = np.empty(indptr.size, np.int64)
-  out_idx = np.empty(indices.size, np.int64)
-  out_cost = np.empty(indices.size, np.int64)
-  at = 0
-  for l in range(u.size):
-    out_ptr[l] = at
-    for e in range(indptr[l], indptr[l + 1]):
-      if cost[e] == u[l] + v[indices[e]]:
-        out_idx[at], out_cost[at] = indices[e], cost[e]
-        at += 1
-  out_ptr[u.size] = at
-  return out_ptr, out_idx[:at], out_cost[:at]
 
 
 Profile = Callable[[str], None] | None
@@ -669,13 +667,15 @@ def solve(ei: np.ndarray, ej: np.ndarray, ec: np.ndarray, n1: int, n2: int,
   mark("relaxed")
   out1, out2, oo = _outliers(n1, n2, seed)
   mark("draws")
-  full = _full_graph(ei, ej, ec, n1, n2, ow, out1, out2, oo)
+  # Hopcroft-Karp only looks at tight edges (about half): a graph of
+  # those; the full one only if it leaves free nodes.
+  tight = _graph(ei, ej, ec, n1, n2, ow, out1, out2, oo, fu, fv, True)
   mark("graph")
-  # Hopcroft-Karp only looks at tight edges (about a third): on a copy of
-  # the graph that holds just those, in the same order.
-  _tight_max_matching(*_tight(*full, fu, fv), fu, fv, mate_l, mate_r)
+  _tight_max_matching(*tight, fu, fv, mate_l, mate_r)
   mark("complete")
-  ok = ok and _augment_all(*full, fu, fv, mate_l, mate_r)
+  if ok and np.any(mate_l < 0):
+    full = _graph(ei, ej, ec, n1, n2, ow, out1, out2, oo, fu, fv, False)
+    ok = _augment_all(*full, fu, fv, mate_l, mate_r)
   mark("repair")
   if not ok:
     raise RuntimeError("assignment failed (no perfect matching)")
