@@ -9,7 +9,9 @@ prediction a blurred, slightly displaced copy of its boundaries plus smooth
 low-frequency clutter (what a network's sigmoid map looks like away from
 edges, so NMS keeps background ridges at low thresholds). Prints, per size,
 the serial seconds per image (wall and CPU: on a shared machine trust CPU)
-with the seconds per stage (prepare, nms, binarise, thin, match), for the
+with the CPU seconds per stage (prepare, nms, binarise, thin, match) and,
+at PASCAL size, the projected PASCAL-Context val time on ``--cores`` cores
+(CPU s/image x 5,105 / cores: images spread perfectly), for the
 exact default path (matcher "bsds": correspondPixels' assignment problem
 solved by boundary_assign), ``--csa`` the same path with correspondPixels'
 own CSA run (the counts are checked equal), ``--reference`` the original
@@ -53,6 +55,7 @@ flags.DEFINE_bool("csa", False,
 flags.DEFINE_bool("reference", False,
                   "Also time the original full-image path (slow) and check "
                   "its counts equal the default path's.")
+flags.DEFINE_integer("cores", 2, "Cores for the projected val time.")
 flags.DEFINE_integer("chunks", 1, "Threshold chunks per image in the pool.")
 flags.DEFINE_integer("pool_images", 8,
                      "Images (repeats) for the pool timings.")
@@ -133,7 +136,13 @@ def run_size(name: str, thresholds) -> None:
     print(f"  {label:16s} serial {sec:6.2f} s/image ({cpu:6.2f} CPU s)  "
           f"odsF {s['odsF']:.4f} oisF {s['oisF']:.4f} AP {s['AP']:.4f}"
           f"{same}")
-    print("    " + "  ".join(f"{k} {v:.3f}" for k, v in per.items()))
+    print("    CPU s/image: " + "  ".join(f"{k} {v:.3f}"
+                                           for k, v in per.items()))
+    if name == "pascal_context":
+      print(f"    PASCAL-Context val ({PASCAL_VAL} images) on "
+            f"{FLAGS.cores} cores at this CPU rate: "
+            f"{_hms(cpu * PASCAL_VAL / FLAGS.cores)} "
+            f"({cpu / FLAGS.cores:.3f} s/image)")
   solver_stages(data, max_dist, thresholds)
   if FLAGS.processes > 0:  # the evaluator's pool; spawn start-up included
     for matcher, serial in (("bsds", exact), ("max_cardinality", shortcut)):

@@ -150,11 +150,17 @@ def test_assign_equals_correspond_pixels_where_outliers_decide():
     pred = match_lib.thin(prob > t)
     ys, xs = np.nonzero(pred)
     top = match_lib.max_cardinality_counts(pred, gt, 0.02)
+    # The same pixels in any order (ids by sort, not by counting): same.
+    perm = np.random.default_rng(int(t * 10)).permutation(ys.size)
     for seed in range(1, 9):
       want = match_lib.bsds_counts(pred, gt, 0.02, seed)
       np.testing.assert_array_equal(assign.pixels(ys, xs, seed), want)
+      np.testing.assert_array_equal(
+          assign.pixels(ys[perm], xs[perm], seed), want)
       short += want[0] < top[0]
   assert short > 0  # the outlier graph's defects were exercised
+  # The pairs of every pixel asked for were cached, once.
+  assert assign._indptr.size - 1 == np.count_nonzero(assign._row >= 0)  # pylint: disable=protected-access
 
 
 def test_assign_equals_correspond_pixels_on_tiny_maps():
