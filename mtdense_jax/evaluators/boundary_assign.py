@@ -183,24 +183,36 @@ def _draw(count: int, k: int, n: int, skip_diagonal: bool,
 # ----------------------------------------------- shortest augmenting paths
 
 @numba.njit(cache=True)
-def _heap_push(keys, vals, size, key, val):
-  i = size
-  keys[i], vals[i] = key, val
+def _heap_set(keys, vals, where, size, key, val):
+  """Inserts val with key, or lowers its key if held (where[val]: its
+  slot, -1 if out); returns the new size."""
+  i = where[val]
+  if i < 0:
+    i = size
+    size += 1
+    vals[i] = val
+  keys[i] = key
   while i > 0:
     p = (i - 1) >> 1
-    if keys[p] <= keys[i]:
+    if keys[p] <= key:
       break
-    keys[p], keys[i] = keys[i], keys[p]
-    vals[p], vals[i] = vals[i], vals[p]
+    keys[i], vals[i] = keys[p], vals[p]
+    where[vals[i]] = i
     i = p
-  return size + 1
+  keys[i], vals[i] = key, val
+  where[val] = i
+  return size
 
 
 @numba.njit(cache=True)
-def _heap_pop(keys, vals, size):
+def _heap_pop(keys, vals, where, size):
+  """(key, val, new size) of the smallest key."""
   key, val = keys[0], vals[0]
+  where[val] = -1
   size -= 1
-  keys[0], vals[0] = keys[size], vals[size]
+  if size == 0:
+    return key, val, size
+  k, x = keys[size], vals[size]
   i = 0
   while True:
     c = 2 * i + 1
@@ -208,11 +220,13 @@ def _heap_pop(keys, vals, size):
       break
     if c + 1 < size and keys[c + 1] < keys[c]:
       c += 1
-    if keys[i] <= keys[c]:
+    if k <= keys[c]:
       break
-    keys[c], keys[i] = keys[i], keys[c]
-    vals[c], vals[i] = vals[i], vals[c]
+    keys[i], vals[i] = keys[c], vals[c]
+    where[vals[i]] = i
     i = c
+  keys[i], vals[i] = k, x
+  where[x] = i
   return key, val, size
 
 
@@ -230,9 +244,11 @@ def _augment_all(indptr, indices, cost, u, v, mate_l, mate_r) -> bool:
   seen_r = np.empty(n_r, np.int64)
   popped = np.empty(n_r, np.int64)
   zero = np.empty(n_r, np.int64)  # reached at the frontier distance
-  cap = indices.size + 1
-  keys = np.empty(cap, np.int64)
-  vals = np.empty(cap, np.int64)
+  # An indexed heap: one entry per right node, its key lowered in place
+  # (entries stay few: a node is pushed once, not once per edge).
+  keys = np.empty(n_r, np.int64)
+  vals = np.empty(n_r, np.int64)
+  where = np.full(n_r, -1, np.int64)
   for s in range(n_l):
     if mate_l[s] >= 0:
       continue
@@ -258,14 +274,14 @@ def _augment_all(indptr, indices, cost, u, v, mate_l, mate_r) -> bool:
             zero[n_zero] = r
             n_zero += 1
           else:
-            size = _heap_push(keys, vals, size, nd, r)
+            size = _heap_set(keys, vals, where, size, nd, r)
       r = -1
       if n_zero > 0:
         n_zero -= 1
         r = zero[n_zero]
       while r < 0 and size > 0:
-        d, rr, size = _heap_pop(keys, vals, size)
-        if not done_r[rr] and d == dist_r[rr]:
+        d, rr, size = _heap_pop(keys, vals, where, size)
+        if not done_r[rr]:  # else taken from the stack meanwhile
           r = rr
           break
       if r < 0:
@@ -295,6 +311,8 @@ def _augment_all(indptr, indices, cost, u, v, mate_l, mate_r) -> bool:
         if l == s:
           break
         r = prev
+    for a in range(size):  # empty the heap
+      where[vals[a]] = -1
     for a in range(n_sl):
       dist_l[seen_l[a]] = _INF
     for a in range(n_sr):
