@@ -21,7 +21,8 @@ complete, repair; boundary_assign's doc), then, for the default and the
 shortcut, the evaluator's pool (wall and worker CPU seconds per image,
 counts checked equal to serial) and the projected time of PASCAL-Context
 val (5,105 images). ``--val N`` also scores N synthetic-scenes val images
-with both matchers (odsF difference of the shortcut). The matcher's cost
+with both matchers (odsF difference of the shortcut; with ``--csa``, the
+default's counts checked equal to correspondPixels' own). The matcher's cost
 grows with the number of matchable pixels, so real maps may differ.
 """
 
@@ -202,6 +203,8 @@ def val_shortcut(n: int) -> None:
   cfg = scenes.derive_config("pascal_like")
   rng = np.random.default_rng(FLAGS.seed)
   counts = {"bsds": [], "max_cardinality": []}
+  if FLAGS.csa:
+    counts["bsds_csa"] = []
   for i in range(n):
     ex = scenes.render_example(cfg, "validation", i)
     edges = ndimage.shift(ex["edge"].astype(float), rng.integers(-1, 2, 2),
@@ -214,9 +217,14 @@ def val_shortcut(n: int) -> None:
       counts[m].append(boundary.image_counts(
           prob, ex["edge"], scenes.EDGE_MAX_DIST, gt_mode="boundary",
           matcher=m))
+  csa = counts.pop("bsds_csa", None)
   s = {m: boundary.summarize(np.stack(c)) for m, c in counts.items()}
   print(f"synthetic-scenes val ({n} images, {cfg.height}x{cfg.width}, "
         f"maxDist {scenes.EDGE_MAX_DIST}):")
+  if csa is not None:
+    same = np.array_equal(counts["bsds"], csa)
+    print(f"  bsds counts {'EQUAL' if same else 'DIFFER'} to bsds_csa "
+          "(correspondPixels' CSA)")
   for m, v in s.items():
     print(f"  {m:16s} odsF {v['odsF']:.5f} oisF {v['oisF']:.5f} "
           f"AP {v['AP']:.5f}")
