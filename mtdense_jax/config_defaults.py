@@ -115,7 +115,7 @@ def base_config() -> mlc.ConfigDict:
       batch_size=8, protocol="invpt", stl_baselines=mlc.ConfigDict(),
       # Boundary odsF/oisF/AP (SEISM protocol, evaluators/boundary.py) for
       # tasks with a boundary metric. Off by default: it is CPU-heavy
-      # (seconds per image). max_dist None takes the dataset's value
+      # (~0.5 CPU s per PASCAL-size image). max_dist None takes the dataset's value
       # (0.011 NYUD, 0.0075 PASCAL); thresholds None = SEISM's 101;
       # matcher "bsds" (correspondPixels' assignment, exact, fast),
       # "bsds_csa" (pyEdgeEval's CSA itself, ~20x slower, same counts) or

@@ -76,11 +76,14 @@ correspondPixels itself (``matcher="bsds_csa"``) and of the original
 full-image path (``slow_reference=True``) on every comparison made
 (tests/test_boundary_fast.py; benchmarks/boundary_eval.py ``--csa``).
 Per synthetic image (101 thresholds, ~85 distinct solves of up to ~6,000
-matchable pixels) the whole path takes ~0.8 CPU s at PASCAL size and ~1.3
-at NYUD size, against ~17 and ~22 with CSA (benchmarks/boundary_eval.py
-prints the current figures and the matcher's stages: each of building the
-edges, the relaxed solve, the outlier draws, the graph, the completion and
-the repair costs 0.07-0.2 s of that; no single one dominates).
+matchable pixels) the whole path takes ~0.5 CPU s at PASCAL size (NMS
+0.04, thinning 0.08, matcher 0.4) and ~0.85 at NYUD size, against ~17
+and ~22 with CSA (benchmarks/boundary_eval.py prints the current figures,
+per stage and per matcher stage: no single one dominates; the serial
+replay of the random outlier draws alone is ~0.09 s). PASCAL-Context val
+(5,105 images) thus takes ~20-25 min on 2 cores (``max_cardinality``
+~10); ``BoundaryEvaluator``'s default (processes=-1) spreads the images
+over one process per core.
 ``matcher="max_cardinality"`` (Hopcroft-Karp on the same candidate pairs;
 deterministic, an upper bound, not the protocol) moves odsF by +0.0002 on
 those scenes and +0.0009 on 100 synthetic-scenes val images
