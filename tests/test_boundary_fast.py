@@ -68,6 +68,25 @@ def test_thin_matches_skimage():
   assert not match_lib.thin(np.zeros((5, 5), bool)).any()
 
 
+def test_sweep_pixels_equal_skimage_thin_of_each_prefix():
+  # Sweep.pixels (numba thinning of the n strongest pixels, reusing its
+  # buffers call after call) equals skimage's thin of the prefix map, in
+  # any order of the calls.
+  rng = np.random.default_rng(5)
+  e = ndimage.gaussian_filter(rng.random((48, 64)), 1.0).astype(np.float32)
+  e[rng.random(e.shape) < 0.3] = 0  # gaps: many components
+  sweep = match_lib.Sweep(e)
+  order = np.argsort(-e.reshape(-1), kind="stable")
+  total = int(np.count_nonzero(e))
+  for n in list(range(total, 0, -37)) + [total // 2, total, 5, 0, 40]:
+    prefix = np.zeros(e.size, bool)
+    prefix[order[:n]] = True
+    want = np.nonzero(skimage_thin(prefix.reshape(e.shape)))
+    got = sweep.pixels(n)
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])
+
+
 @pytest.mark.parametrize("shape,max_dist", [
     ((375, 500), boundary.MAX_DIST_PASCAL),
     ((448, 576), boundary.MAX_DIST_NYUD),
