@@ -9,7 +9,9 @@ prediction a blurred, slightly displaced copy of its boundaries plus smooth
 low-frequency clutter (what a network's sigmoid map looks like away from
 edges, so NMS keeps background ridges at low thresholds). Prints, per size,
 the serial seconds per image (wall and CPU: on a shared machine trust CPU)
-with the seconds per stage (prepare, nms, binarise, thin, match), for the
+with the CPU seconds per stage (prepare, nms, binarise, thin, match) and,
+at PASCAL size, the projected PASCAL-Context val time on ``--cores`` cores
+(CPU s/image x 5,105 / cores: images spread perfectly), for the
 exact default path (matcher "bsds": correspondPixels' assignment problem
 solved by boundary_assign), ``--csa`` the same path with correspondPixels'
 own CSA run (the counts are checked equal), ``--reference`` the original
@@ -19,7 +21,8 @@ complete, repair; boundary_assign's doc), then, for the default and the
 shortcut, the evaluator's pool (wall and worker CPU seconds per image,
 counts checked equal to serial) and the projected time of PASCAL-Context
 val (5,105 images). ``--val N`` also scores N synthetic-scenes val images
-with both matchers (odsF difference of the shortcut). The matcher's cost
+with both matchers (odsF difference of the shortcut; with ``--csa``, the
+default's counts checked equal to correspondPixels' own). The matcher's cost
 grows with the number of matchable pixels, so real maps may differ.
 """
 
@@ -53,6 +56,7 @@ flags.DEFINE_bool("csa", False,
 flags.DEFINE_bool("reference", False,
                   "Also time the original full-image path (slow) and check "
                   "its counts equal the default path's.")
+flags.DEFINE_integer("cores", 2, "Cores for the projected val time.")
 flags.DEFINE_integer("chunks", 1, "Threshold chunks per image in the pool.")
 flags.DEFINE_integer("pool_images", 8,
                      "Images (repeats) for the pool timings.")
@@ -133,7 +137,13 @@ def run_size(name: str, thresholds) -> None:
     print(f"  {label:16s} serial {sec:6.2f} s/image ({cpu:6.2f} CPU s)  "
           f"odsF {s['odsF']:.4f} oisF {s['oisF']:.4f} AP {s['AP']:.4f}"
           f"{same}")
-    print("    " + "  ".join(f"{k} {v:.3f}" for k, v in per.items()))
+    print("    CPU s/image: " + "  ".join(f"{k} {v:.3f}"
+                                           for k, v in per.items()))
+    if name == "pascal_context":
+      print(f"    PASCAL-Context val ({PASCAL_VAL} images) on "
+            f"{FLAGS.cores} cores at this CPU rate: "
+            f"{_hms(cpu * PASCAL_VAL / FLAGS.cores)} "
+            f"({cpu / FLAGS.cores:.3f} s/image)")
   solver_stages(data, max_dist, thresholds)
   if FLAGS.processes > 0:  # the evaluator's pool; spawn start-up included
     for matcher, serial in (("bsds", exact), ("max_cardinality", shortcut)):
@@ -180,10 +190,16 @@ def solver_stages(data, max_dist, thresholds) -> None:
         stages[stage] = stages.get(stage, 0.0) + now - last[0]
         last[0] = now
 
+      t0, marked = last[0], sum(stages.values())
       match.pixels(ys, xs, boundary.DEFAULT_SEED, profile=mark)
+      # What no stage covers (Python glue after the last mark).
+      glue = time.process_time() - t0 - (sum(stages.values()) - marked)
+      stages["glue"] = stages.get("glue", 0.0) + glue
       calls, biggest = calls + 1, max(biggest, int(n))
+  total = sum(stages.values())
   print(f"    matcher stages, CPU s/image ({calls / len(data):.0f} solves "
-        f"per image, up to {biggest} pixels): " + "  ".join(
+        f"per image, {1e3 * total / max(calls, 1):.2f} ms per solve, up to "
+        f"{biggest} pixels): " + "  ".join(
             f"{k} {v / len(data):.3f}" for k, v in stages.items()))
 
 
@@ -193,6 +209,8 @@ def val_shortcut(n: int) -> None:
   cfg = scenes.derive_config("pascal_like")
   rng = np.random.default_rng(FLAGS.seed)
   counts = {"bsds": [], "max_cardinality": []}
+  if FLAGS.csa:
+    counts["bsds_csa"] = []
   for i in range(n):
     ex = scenes.render_example(cfg, "validation", i)
     edges = ndimage.shift(ex["edge"].astype(float), rng.integers(-1, 2, 2),
@@ -205,9 +223,14 @@ def val_shortcut(n: int) -> None:
       counts[m].append(boundary.image_counts(
           prob, ex["edge"], scenes.EDGE_MAX_DIST, gt_mode="boundary",
           matcher=m))
+  csa = counts.pop("bsds_csa", None)
   s = {m: boundary.summarize(np.stack(c)) for m, c in counts.items()}
   print(f"synthetic-scenes val ({n} images, {cfg.height}x{cfg.width}, "
         f"maxDist {scenes.EDGE_MAX_DIST}):")
+  if csa is not None:
+    same = np.array_equal(counts["bsds"], csa)
+    print(f"  bsds counts {'EQUAL' if same else 'DIFFER'} to bsds_csa "
+          "(correspondPixels' CSA)")
   for m, v in s.items():
     print(f"  {m:16s} odsF {v['odsF']:.5f} oisF {v['oisF']:.5f} "
           f"AP {v['AP']:.5f}")

@@ -138,7 +138,7 @@ def base_config() -> mlc.ConfigDict:
       batch_size=8, protocol="invpt", stl_baselines=mlc.ConfigDict(),
       # Boundary odsF/oisF/AP (SEISM protocol, evaluators/boundary.py) for
       # tasks with a boundary metric. Off by default: it is CPU-heavy
-      # (seconds per image). max_dist None takes the dataset's value
+      # (~0.5 CPU s per PASCAL-size image). max_dist None takes the dataset's value
       # (0.011 NYUD, 0.0075 PASCAL); thresholds None = SEISM's 101;
       # matcher "bsds" (correspondPixels' assignment, exact, fast),
       # "bsds_csa" (pyEdgeEval's CSA itself, ~20x slower, same counts) or
@@ -146,7 +146,9 @@ def base_config() -> mlc.ConfigDict:
       boundary=mlc.ConfigDict(dict(
           enabled=False, max_dist=mlc.config_dict.placeholder(float),
           thresholds=mlc.config_dict.placeholder(int), matcher="bsds",
-          processes=0,
+          # Worker processes (-1: one per usable core once more than
+          # boundary.AUTO_INLINE images are in; 0: inline).
+          processes=-1,
           # Threshold tasks per image in the pool; correspondPixels' seed
           # (reset per call; None = clock, not reproducible); gt_mode and
           # gt_key (a batch key, e.g. a LabelMap) of the boundary gt.

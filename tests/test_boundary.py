@@ -265,23 +265,30 @@ def test_agrees_with_pyedgeeval():
                                                            abs=0.01)
 
 
-def test_evaluator_pool_matches_inline():
+def test_evaluator_pool_matches_inline(monkeypatch):
   # The deterministic matcher makes pool and inline results comparable
-  # exactly (and checks the options travel to the worker).
+  # exactly (and checks the options travel to the worker). processes=-1:
+  # the first AUTO_INLINE images inline, the rest in a pool (one process
+  # per core), in order.
+  monkeypatch.setattr(boundary, "AUTO_INLINE", 1)
   rng = np.random.default_rng(1)
-  data = [_scene(rng, 32, 48) for _ in range(2)]
+  data = [_scene(rng, 32, 48) for _ in range(3)]
   counts = []
-  for processes in (0, 1):
+  for processes in (0, -1):
     ev = boundary.BoundaryEvaluator(0.05, thresholds=THR,
                                     gt_mode="segmentation",
                                     processes=processes,
                                     matcher="max_cardinality")
     for seg, _, prob in data:
       ev.add(prob, seg)
+      if processes and ev.submitted == 1:
+        assert ev.done == 1 and ev._pool is None  # pylint: disable=protected-access
+    multi_core = ev._processes > 0  # pylint: disable=protected-access
+    assert (ev._pool is not None) == (processes != 0 and multi_core)  # pylint: disable=protected-access
     ev.close()
     counts.append(ev.counts)
     assert set(ev.compute()) == {"odsF", "oisF", "AP"}
-  assert counts[0].shape == (2, 3, 4)
+  assert counts[0].shape == (3, 3, 4)
   np.testing.assert_array_equal(counts[0], counts[1])
 
 

@@ -68,6 +68,25 @@ def test_thin_matches_skimage():
   assert not match_lib.thin(np.zeros((5, 5), bool)).any()
 
 
+def test_sweep_pixels_equal_skimage_thin_of_each_prefix():
+  # Sweep.pixels (numba thinning of the n strongest pixels, reusing its
+  # buffers call after call) equals skimage's thin of the prefix map, in
+  # any order of the calls.
+  rng = np.random.default_rng(5)
+  e = ndimage.gaussian_filter(rng.random((48, 64)), 1.0).astype(np.float32)
+  e[rng.random(e.shape) < 0.3] = 0  # gaps: many components
+  sweep = match_lib.Sweep(e)
+  order = np.argsort(-e.reshape(-1), kind="stable")
+  total = int(np.count_nonzero(e))
+  for n in list(range(total, 0, -37)) + [total // 2, total, 5, 0, 40]:
+    prefix = np.zeros(e.size, bool)
+    prefix[order[:n]] = True
+    want = np.nonzero(skimage_thin(prefix.reshape(e.shape)))
+    got = sweep.pixels(n)
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])
+
+
 @pytest.mark.parametrize("shape,max_dist", [
     ((375, 500), boundary.MAX_DIST_PASCAL),
     ((448, 576), boundary.MAX_DIST_NYUD),
@@ -150,11 +169,17 @@ def test_assign_equals_correspond_pixels_where_outliers_decide():
     pred = match_lib.thin(prob > t)
     ys, xs = np.nonzero(pred)
     top = match_lib.max_cardinality_counts(pred, gt, 0.02)
+    # The same pixels in any order (ids by sort, not by counting): same.
+    perm = np.random.default_rng(int(t * 10)).permutation(ys.size)
     for seed in range(1, 9):
       want = match_lib.bsds_counts(pred, gt, 0.02, seed)
       np.testing.assert_array_equal(assign.pixels(ys, xs, seed), want)
+      np.testing.assert_array_equal(
+          assign.pixels(ys[perm], xs[perm], seed), want)
       short += want[0] < top[0]
   assert short > 0  # the outlier graph's defects were exercised
+  # The pairs of every pixel asked for were cached, once.
+  assert assign._indptr.size - 1 == np.count_nonzero(assign._row >= 0)  # pylint: disable=protected-access
 
 
 def test_assign_equals_correspond_pixels_on_tiny_maps():

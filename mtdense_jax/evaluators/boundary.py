@@ -76,11 +76,14 @@ correspondPixels itself (``matcher="bsds_csa"``) and of the original
 full-image path (``slow_reference=True``) on every comparison made
 (tests/test_boundary_fast.py; benchmarks/boundary_eval.py ``--csa``).
 Per synthetic image (101 thresholds, ~85 distinct solves of up to ~6,000
-matchable pixels) the whole path takes ~0.8 CPU s at PASCAL size and ~1.3
-at NYUD size, against ~17 and ~22 with CSA (benchmarks/boundary_eval.py
-prints the current figures and the matcher's stages: each of building the
-edges, the relaxed solve, the outlier draws, the graph, the completion and
-the repair costs 0.07-0.2 s of that; no single one dominates).
+matchable pixels) the whole path takes ~0.5 CPU s at PASCAL size (NMS
+0.04, thinning 0.08, matcher 0.4) and ~0.85 at NYUD size, against ~17
+and ~22 with CSA (benchmarks/boundary_eval.py prints the current figures,
+per stage and per matcher stage: no single one dominates; the serial
+replay of the random outlier draws alone is ~0.09 s). PASCAL-Context val
+(5,105 images) thus takes ~20-25 min on 2 cores (``max_cardinality``
+~10); ``BoundaryEvaluator``'s default (processes=-1) spreads the images
+over one process per core.
 ``matcher="max_cardinality"`` (Hopcroft-Karp on the same candidate pairs;
 deterministic, an upper bound, not the protocol) moves odsF by +0.0002 on
 those scenes and +0.0009 on 100 synthetic-scenes val images
@@ -94,6 +97,7 @@ predicted -> R = 0, P = 1; F = 0 when P + R = 0. Dataset level follows
 from __future__ import annotations
 
 import multiprocessing
+import os
 import time
 from typing import Sequence
 
@@ -208,10 +212,11 @@ MATCHERS = {"bsds": boundary_assign.Assign,
 
 
 class StageTimes(dict):
-  """Seconds per stage of ``image_counts`` (pass one in to collect them)."""
+  """CPU seconds per stage of ``image_counts`` (pass one in to collect
+  them; process time, so a loaded machine does not inflate them)."""
 
   def add(self, stage: str, t0: float) -> float:
-    now = time.perf_counter()
+    now = time.process_time()
     self[stage] = self.get(stage, 0.0) + now - t0
     return now
 
@@ -256,7 +261,7 @@ def image_counts(prob: np.ndarray, gt: np.ndarray, max_dist: float,
       counts as matcher="bsds", kept for tests.
     profile: a StageTimes to add this call's seconds per stage to.
   """
-  t0 = time.perf_counter()
+  t0 = time.process_time()
   thr = resolve_thresholds(thresholds)
   if indices is not None:
     thr = thr[np.asarray(indices, int)]
@@ -372,11 +377,18 @@ def summarize(counts: np.ndarray) -> dict[str, float]:
           "AP": seism_ap(prec, rec)}
 
 
+# processes=-1: images evaluated inline before the pool starts.
+AUTO_INLINE = 16
+
+
 class BoundaryEvaluator:
   """Accumulates per-image SEISM counts; ``compute`` gives odsF/oisF/AP.
 
   ``processes > 0`` evaluates images in a spawn-context pool (safe beside
-  JAX's threads; the launching script needs the usual ``__main__`` guard):
+  JAX's threads; the launching script needs the usual ``__main__`` guard);
+  ``processes=-1`` (auto) evaluates the first ``AUTO_INLINE`` images inline
+  (a pool's start-up costs seconds, more than a small split) and the rest
+  in a pool of one process per usable core (inline on one core):
   ``add`` returns at once unless ``4 * processes`` tasks are already in
   flight (then it waits for the oldest, so memory stays bounded);
   ``compute`` waits for all. ``chunks > 1`` splits each image's thresholds
@@ -401,6 +413,13 @@ class BoundaryEvaluator:
     self._chunks = max(1, min(int(chunks), self.thresholds.size))
     self._counts: list[np.ndarray] = []
     self._pending: list[list] = []  # per image: its chunks' AsyncResults
+    if processes < 0:
+      cores = len(os.sched_getaffinity(0)) if hasattr(
+          os, "sched_getaffinity") else (os.cpu_count() or 1)
+      processes = cores if cores > 1 else 0
+      self._inline_first = AUTO_INLINE
+    else:
+      self._inline_first = 0
     self._processes = processes
     self._pool = None
     self.submitted = 0
@@ -415,7 +434,7 @@ class BoundaryEvaluator:
     args = (np.asarray(prob), np.asarray(gt), self.max_dist,
             self.thresholds, self.nms)
     self.submitted += 1
-    if self._processes <= 0:
+    if self._processes <= 0 or self.submitted <= self._inline_first:
       self.add_counts(image_counts(*args, **self._kwargs(crop)))
       return
     if self._pool is None:

@@ -35,19 +35,26 @@ and benchmarks/boundary_eval.py). Here:
    staying inside its piece. Its optimal duals, with every outlier node
    at ow / 2, are feasible duals of the full problem in which the relaxed
    matching's edges and every unmatched pixel's outlier edges are tight.
-3. Hopcroft-Karp on the tight edges completes that matching as far as the
-   random outlier graph allows; the few nodes left free (the sparse
-   outlier graph's defects, which is why correspondPixels leaves a few
-   matchable pixels unmatched) are placed by Dijkstra augmentations on the
-   full problem. The result is an optimal assignment of the full problem.
+3. Hopcroft-Karp on the tight edges (a graph of just those, about half
+   of the full one, built straight from the draws) completes that
+   matching as far as the random outlier graph allows; the few nodes left
+   free (the sparse outlier graph's defects, which is why correspondPixels
+   leaves a few matchable pixels unmatched) are placed by Dijkstra
+   augmentations on the full problem (its graph built only then: ~40 % of
+   the solves on the benchmark's scenes). The result is an optimal
+   assignment of the full problem.
 
 Costs are doubled so that the duals stay integers. Exactness does not
 rest on steps 2-3 being optimal: any matching with feasible duals and
 tight matched edges, completed by Dijkstra augmentations, is an optimal
-assignment; they only make the final searches few. Cost (numba, one
-core): ~1-15 ms per solve of ~6,000 matchable pixels, spread over
-building the edges, the relaxed solve, the draws, the graph, the
-completion and the repair (benchmarks/boundary_eval.py prints each).
+assignment; they only make the final searches few (the Dijkstra searches
+take nodes at the frontier distance from a stack, not the heap: any
+shortest path will do). Across thresholds of one image, each predicted
+pixel's candidate gt pixels are gathered once (``Assign.prepare``).
+Cost (numba, one core): ~0.5-5 ms per solve of ~6,000 matchable
+pixels; no stage dominates: the draws (~1 ms: ~10^5 steps of the random
+stream, inherently serial), the relaxed solve, Hopcroft-Karp and the
+repair each take 15-25 % (benchmarks/boundary_eval.py prints each).
 """
 
 from __future__ import annotations
@@ -67,27 +74,32 @@ _INF = np.int64(1) << np.int64(62)
 
 # ------------------------------------------------------------ random stream
 
-@numba.njit(cache=True)
-def _fp(state: np.ndarray) -> float:
-  """glibc erand48: X <- (0x5DEECE66D X + 11) mod 2^48, returns X / 2^48."""
-  x = (np.uint64(0x5DEECE66D) * state[0] + np.uint64(0xB)) & np.uint64(
-      0xFFFFFFFFFFFF)
-  state[0] = x
-  return float(x) * (1.0 / 281474976710656.0)
+_LCG_A = 0x5DEECE66D
+_LCG_MASK = (1 << 48) - 1
+_TWO_M48 = 1.0 / 281474976710656.0
+
+
+@numba.njit(cache=True, inline="always")
+def _step(x: int) -> int:
+  """glibc erand48's X <- (0x5DEECE66D X + 11) mod 2^48 (in uint64: the
+  wrapped product keeps the low 48 bits; X < 2^48 fits an int64)."""
+  return np.int64((np.uint64(x) * np.uint64(_LCG_A) + np.uint64(0xB))
+                  & np.uint64(_LCG_MASK))
+
+
+@numba.njit(cache=True, inline="always")
+def _below(x: int, m: int) -> int:
+  """Random::i32(0, m - 1) of the drawn X: floor(X / 2^48 * m + 0), in
+  doubles (+ 0.0 and floor vs truncation change nothing: all >= 0)."""
+  return int((float(x) * _TWO_M48) * float(m))
 
 
 @numba.njit(cache=True)
-def _i32(state: np.ndarray, a: int, b: int) -> int:
-  """Random::i32(a, b): floor(fp() * (b - a + 1) + a), in doubles."""
-  x = _fp(state)
-  return int(math.floor(x * (float(b) - float(a) + 1.0) + float(a)))
-
-
-@numba.njit(cache=True)
-def _kofn_small(k: int, n: int, vals: np.ndarray, state: np.ndarray,
-                stack: np.ndarray):
+def _kofn_small(k: int, n: int, vals: np.ndarray, x: int,
+                stack: np.ndarray) -> int:
   """kofn.cc _kOfN_smallK, its recursion unrolled (left part first);
-  stack: (64, 4) scratch of (k, n, offset, base)."""
+  stack: (64, 4) scratch of (k, n, offset, base); x: the stream's state,
+  returned advanced."""
   stack[0, 0], stack[0, 1], stack[0, 2], stack[0, 3] = k, n, 0, 0
   top = 1
   while top > 0:
@@ -95,12 +107,14 @@ def _kofn_small(k: int, n: int, vals: np.ndarray, state: np.ndarray,
     kk, nn, off, base = stack[top, 0], stack[top, 1], stack[top, 2], stack[
         top, 3]
     if kk == 1:
-      vals[off] = base + _i32(state, 0, nn - 1)
+      x = _step(x)
+      vals[off] = base + _below(x, nn)
       continue
     left_n = nn // 2
     left_k = 0
     for i in range(kk):
-      if _i32(state, 0, nn - i - 1) < left_n - left_k:
+      x = _step(x)
+      if _below(x, nn - i) < left_n - left_k:
         left_k += 1
     right_k = kk - left_k
     if right_k > 0:  # pushed first, so drawn after the left part
@@ -111,63 +125,94 @@ def _kofn_small(k: int, n: int, vals: np.ndarray, state: np.ndarray,
       stack[top, 0], stack[top, 1] = left_k, left_n
       stack[top, 2], stack[top, 3] = off, base
       top += 1
+  return x
+
+
+@numba.njit(cache=True)
+def _small_branch(k: int, n: int) -> bool:
+  """kOfN's choice: _kOfN_smallK when k log2 k < n / 2 (C ints)."""
+  return k * math.log(k) / math.log(2.0) < float(n // 2)
+
+
+@numba.njit(cache=True)
+def _kofn_x(k: int, n: int, vals: np.ndarray, x: int,
+            stack: np.ndarray, small: bool) -> int:
+  """kofn.cc kOfN: k sorted distinct integers of [0, n); returns the
+  advanced state. small: ``_small_branch(k, n)``."""
+  if k == 0:
+    return x
+  if small:
+    return _kofn_small(k, n, vals, x, stack)
+  j = 0
+  for i in range(n):
+    x = _step(x)
+    if float(x) * _TWO_M48 < float(k - j) / float(n - i):
+      vals[j] = i
+      j += 1
+  return x
 
 
 @numba.njit(cache=True)
 def _kofn(k: int, n: int, vals: np.ndarray, state: np.ndarray,
           stack: np.ndarray):
-  """kofn.cc kOfN: k sorted distinct integers of [0, n)."""
-  if k == 0:
-    return
-  klogk = k * math.log(k) / math.log(2.0)
-  if klogk < float(n // 2):  # C: n / 2 in ints
-    _kofn_small(k, n, vals, state, stack)
-    return
-  j = 0
-  for i in range(n):
-    if _fp(state) < float(k - j) / float(n - i):
-      vals[j] = i
-      j += 1
+  """``_kofn_x`` with the state in state[0] (uint64)."""
+  small = k > 0 and _small_branch(k, n)
+  state[0] = np.uint64(_kofn_x(k, n, vals, np.int64(state[0]), stack,
+                               small))
 
 
 @numba.njit(cache=True)
 def _draw(count: int, k: int, n: int, skip_diagonal: bool,
-          state: np.ndarray) -> np.ndarray:
-  """count rows of kOfN(k, n), shifted past the row index if asked."""
+          x: int) -> tuple[np.ndarray, int]:
+  """count rows of kOfN(k, n), shifted past the row index if asked; and
+  the advanced state."""
   out = np.empty((count, k), np.int64)
   buf = np.empty(max(k, 1), np.int64)
   stack = np.empty((64, 4), np.int64)
+  small = k > 0 and _small_branch(k, n)  # once, not per row
   for i in range(count):
-    _kofn(k, n, buf, state, stack)
+    x = _kofn_x(k, n, buf, x, stack, small)
     for a in range(k):
       j = buf[a]
       if skip_diagonal and j >= i:
         j += 1
       out[i, a] = j
-  return out
+  return out, x
 
 
 # ----------------------------------------------- shortest augmenting paths
 
 @numba.njit(cache=True)
-def _heap_push(keys, vals, size, key, val):
-  i = size
-  keys[i], vals[i] = key, val
+def _heap_set(keys, vals, where, size, key, val):
+  """Inserts val with key, or lowers its key if held (where[val]: its
+  slot, -1 if out); returns the new size."""
+  i = where[val]
+  if i < 0:
+    i = size
+    size += 1
+    vals[i] = val
+  keys[i] = key
   while i > 0:
     p = (i - 1) >> 1
-    if keys[p] <= keys[i]:
+    if keys[p] <= key:
       break
-    keys[p], keys[i] = keys[i], keys[p]
-    vals[p], vals[i] = vals[i], vals[p]
+    keys[i], vals[i] = keys[p], vals[p]
+    where[vals[i]] = i
     i = p
-  return size + 1
+  keys[i], vals[i] = key, val
+  where[val] = i
+  return size
 
 
 @numba.njit(cache=True)
-def _heap_pop(keys, vals, size):
+def _heap_pop(keys, vals, where, size):
+  """(key, val, new size) of the smallest key."""
   key, val = keys[0], vals[0]
+  where[val] = -1
   size -= 1
-  keys[0], vals[0] = keys[size], vals[size]
+  if size == 0:
+    return key, val, size
+  k, x = keys[size], vals[size]
   i = 0
   while True:
     c = 2 * i + 1
@@ -175,11 +220,13 @@ def _heap_pop(keys, vals, size):
       break
     if c + 1 < size and keys[c + 1] < keys[c]:
       c += 1
-    if keys[i] <= keys[c]:
+    if k <= keys[c]:
       break
-    keys[c], keys[i] = keys[i], keys[c]
-    vals[c], vals[i] = vals[i], vals[c]
+    keys[i], vals[i] = keys[c], vals[c]
+    where[vals[i]] = i
     i = c
+  keys[i], vals[i] = k, x
+  where[x] = i
   return key, val, size
 
 
@@ -196,13 +243,16 @@ def _augment_all(indptr, indices, cost, u, v, mate_l, mate_r) -> bool:
   seen_l = np.empty(n_l, np.int64)
   seen_r = np.empty(n_r, np.int64)
   popped = np.empty(n_r, np.int64)
-  cap = indices.size + 1
-  keys = np.empty(cap, np.int64)
-  vals = np.empty(cap, np.int64)
+  zero = np.empty(n_r, np.int64)  # reached at the frontier distance
+  # An indexed heap: one entry per right node, its key lowered in place
+  # (entries stay few: a node is pushed once, not once per edge).
+  keys = np.empty(n_r, np.int64)
+  vals = np.empty(n_r, np.int64)
+  where = np.full(n_r, -1, np.int64)
   for s in range(n_l):
     if mate_l[s] >= 0:
       continue
-    n_sl, n_sr, n_pop, size = 0, 0, 0, 0
+    n_sl, n_sr, n_pop, size, n_zero = 0, 0, 0, 0, 0
     dist_l[s] = 0
     seen_l[n_sl] = s
     n_sl += 1
@@ -220,11 +270,18 @@ def _augment_all(indptr, indices, cost, u, v, mate_l, mate_r) -> bool:
             n_sr += 1
           dist_r[r] = nd
           from_l[r] = l
-          size = _heap_push(keys, vals, size, nd, r)
+          if nd == dl:  # as near as the frontier: no heap needed
+            zero[n_zero] = r
+            n_zero += 1
+          else:
+            size = _heap_set(keys, vals, where, size, nd, r)
       r = -1
-      while size > 0:
-        d, rr, size = _heap_pop(keys, vals, size)
-        if not done_r[rr] and d == dist_r[rr]:
+      if n_zero > 0:
+        n_zero -= 1
+        r = zero[n_zero]
+      while r < 0 and size > 0:
+        d, rr, size = _heap_pop(keys, vals, where, size)
+        if not done_r[rr]:  # else taken from the stack meanwhile
           r = rr
           break
       if r < 0:
@@ -254,6 +311,8 @@ def _augment_all(indptr, indices, cost, u, v, mate_l, mate_r) -> bool:
         if l == s:
           break
         r = prev
+    for a in range(size):  # empty the heap
+      where[vals[a]] = -1
     for a in range(n_sl):
       dist_l[seen_l[a]] = _INF
     for a in range(n_sr):
@@ -353,51 +412,85 @@ def _tight_max_matching(indptr, indices, cost, u, v, mate_l, mate_r):
 # ------------------------------------------------------------ the problem
 
 @numba.njit(cache=True)
-def _real_edges(pys, pxs, gid, near, pad, oy, ox, ocost):
-  """(pred index, gt index, cost) of every pair within the disc; `near`
-  marks the pixels with a gt pixel within it."""
-  n = 0
+def _pixel_edges(pys, pxs, gid, near, pad, oy, ox, ocost):
+  """Per pixel, its gt pixels within the disc (in offset order) and their
+  costs, as CSR (indptr, gt index, cost); `near` marks the pixels with a
+  gt pixel within it (the others get no row entries)."""
+  indptr = np.zeros(pys.size + 1, np.int64)
+  for p in range(pys.size):
+    n = 0
+    if near[pys[p], pxs[p]]:
+      for o in range(oy.size):
+        if gid[pys[p] + pad + oy[o], pxs[p] + pad + ox[o]] >= 0:
+          n += 1
+    indptr[p + 1] = indptr[p] + n
+  gj = np.empty(indptr[-1], np.int64)
+  c = np.empty(indptr[-1], np.int64)
   for p in range(pys.size):
     if not near[pys[p], pxs[p]]:
       continue
-    for o in range(oy.size):
-      if gid[pys[p] + pad + oy[o], pxs[p] + pad + ox[o]] >= 0:
-        n += 1
-  pi = np.empty(n, np.int64)
-  gj = np.empty(n, np.int64)
-  c = np.empty(n, np.int64)
-  n = 0
-  for p in range(pys.size):
-    if not near[pys[p], pxs[p]]:
-      continue
+    n = indptr[p]
     for o in range(oy.size):
       g = gid[pys[p] + pad + oy[o], pxs[p] + pad + ox[o]]
       if g >= 0:
-        pi[n], gj[n], c[n] = p, g, ocost[o]
+        gj[n], c[n] = g, ocost[o]
         n += 1
-  return pi, gj, c
+  return indptr, gj, c
 
 
 @numba.njit(cache=True)
-def _node_ids(pi, gj, ys, xs, height, grank, sum_r):
-  """Column-major node ids of the matchable pixels: (ei, ej, n1, n2)."""
+def _problem(ys, xs, height, width, row, indptr, cg, cc, gorder, sum_r):
+  """The real edges (ei, ej, cost, n1, n2) of pixels (ys, xs) from their
+  cached rows (``row``: pixel -> cache row), listed pixel by pixel in
+  input order, each pixel's in offset order; node ids are column-major
+  ranks among the matchable pixels (gorder: gt ids in column-major order).
+  """
   n_p = ys.size
   keep1 = np.zeros(n_p, np.bool_)
   keep2 = np.zeros(sum_r, np.bool_)
-  for e in range(pi.size):
-    keep1[pi[e]] = True
-    keep2[gj[e]] = True
-  m1 = np.flatnonzero(keep1)
-  m2 = np.flatnonzero(keep2)
+  col = np.zeros(width + 1, np.int64)
+  n_e, n1, row_major = 0, 0, True
+  for p in range(n_p):
+    if p and ys[p] * width + xs[p] <= ys[p - 1] * width + xs[p - 1]:
+      row_major = False
+    r = row[ys[p] * width + xs[p]]
+    a, b = indptr[r], indptr[r + 1]
+    if b > a:
+      keep1[p] = True
+      n1 += 1
+      n_e += b - a
+      col[xs[p] + 1] += 1
+      for e in range(a, b):
+        keep2[cg[e]] = True
   id1 = np.empty(n_p, np.int64)
-  id1[m1[np.argsort(xs[m1] * height + ys[m1])]] = np.arange(m1.size)
+  if row_major:  # counting sort by column keeps rows ascending
+    for x in range(width):
+      col[x + 1] += col[x]
+    for p in range(n_p):
+      if keep1[p]:
+        id1[p] = col[xs[p]]
+        col[xs[p]] += 1
+  else:
+    m1 = np.flatnonzero(keep1)
+    id1[m1[np.argsort(xs[m1] * height + ys[m1])]] = np.arange(m1.size)
   id2 = np.empty(sum_r, np.int64)
-  id2[m2[np.argsort(grank[m2])]] = np.arange(m2.size)
-  ei = np.empty(pi.size, np.int64)
-  ej = np.empty(pi.size, np.int64)
-  for e in range(pi.size):
-    ei[e], ej[e] = id1[pi[e]], id2[gj[e]]
-  return ei, ej, m1.size, m2.size
+  n2 = 0
+  for j in gorder:
+    if keep2[j]:
+      id2[j] = n2
+      n2 += 1
+  ei = np.empty(n_e, np.int64)
+  ej = np.empty(n_e, np.int64)
+  ec = np.empty(n_e, np.int64)
+  n_e = 0
+  for p in range(n_p):
+    if not keep1[p]:
+      continue
+    r = row[ys[p] * width + xs[p]]
+    for e in range(indptr[r], indptr[r + 1]):
+      ei[n_e], ej[n_e], ec[n_e] = id1[p], id2[cg[e]], cc[e]
+      n_e += 1
+  return ei, ej, ec, n1, n2
 
 
 @numba.njit(cache=True)
@@ -499,55 +592,88 @@ def _relaxed(ei, ej, ec, n1, n2, ow):
 @numba.njit(cache=True)
 def _outliers(n1, n2, seed):
   """Step 1: match.cc's outlier draws (map 1, map 2, outlier-outlier)."""
-  state = np.empty(1, np.uint64)
-  state[0] = np.uint64(seed)
+  x = np.int64(seed)
   d1 = max(0, min(_DEGREE, n1 - 1))
   d2 = max(0, min(_DEGREE, n2 - 1))
   d3 = min(_DEGREE, min(n1, n2))
-  out1 = _draw(n1, d1, n1 - 1, True, state)
-  out2 = _draw(n2, d2, n2 - 1, True, state)
-  oo = _draw(max(n1, n2), d3, min(n1, n2), False, state)
+  out1, x = _draw(n1, d1, n1 - 1, True, x)
+  out2, x = _draw(n2, d2, n2 - 1, True, x)
+  oo, x = _draw(max(n1, n2), d3, min(n1, n2), False, x)
   return out1, out2, oo
 
 
 @numba.njit(cache=True)
-def _full_graph(ei, ej, ec, n1, n2, ow, out1, out2, oo):
-  """matchEdgeMaps' assignment graph as CSR (costs doubled)."""
+def _graph(ei, ej, ec, n1, n2, ow, out1, out2, oo, fu, fv, tight_only):
+  """matchEdgeMaps' assignment graph as CSR (costs doubled); tight_only:
+  just its edges tight under the duals (c == fu + fv; outlier nodes sit at
+  ow), in the same order.
+
+  Each row lists, in order: pixel i: its real edges (as listed), its
+  outlier edges out1[i], its overlay edge; gt outlier node j: the gt
+  pixels whose draws hold j (ascending), its outlier-outlier edges, its
+  overlay edge (the order of an edge list of real, out1, out2, oo and
+  overlay edges turned into CSR), written straight into place.
+  """
   n = n1 + n2
-  m_real = ei.size
   d1, d2, d3 = out1.shape[1], out2.shape[1], oo.shape[1]
   nmax = max(n1, n2)
-  m = m_real + n1 * d1 + n2 * d2 + nmax * d3 + n
-  rows = np.empty(m, np.int64)
-  cols = np.empty(m, np.int64)
-  cst = np.empty(m, np.int64)
-  at = 0
-  for e in range(m_real):
-    rows[at], cols[at], cst[at] = ei[e], ej[e], 2 * ec[e]
-    at += 1
+  w_out, w_over = 2 * ow, 2 * ow * _MULTIPLIER
+  indptr = np.zeros(n + 1, np.int64)
+  for e in range(ei.size):
+    if not tight_only or 2 * ec[e] == fu[ei[e]] + fv[ej[e]]:
+      indptr[ei[e] + 1] += 1
   for i in range(n1):
-    for a in range(d1):
-      rows[at], cols[at], cst[at] = i, n2 + out1[i, a], 2 * ow
-      at += 1
+    if not tight_only or w_out == fu[i] + ow:
+      indptr[i + 1] += d1
+    if not tight_only or w_over == fu[i] + fv[n2 + i]:
+      indptr[i + 1] += 1
   for j in range(n2):
-    for a in range(d2):
-      rows[at], cols[at], cst[at] = n1 + out2[j, a], j, 2 * ow
-      at += 1
+    if not tight_only or w_out == ow + fv[j]:
+      for a in range(d2):
+        indptr[n1 + out2[j, a] + 1] += 1
+  for i in range(nmax):  # outlier-outlier edges: always tight
+    for a in range(d3):
+      indptr[n1 + (i if n1 < n2 else oo[i, a]) + 1] += 1
+  for j in range(n2):
+    if not tight_only or w_over == fu[n1 + j] + fv[j]:
+      indptr[n1 + j + 1] += 1
+  for r in range(n):
+    indptr[r + 1] += indptr[r]
+  fill = indptr[:-1].copy()
+  indices = np.empty(indptr[n], np.int64)
+  cost = np.empty(indptr[n], np.int64)
+  for e in range(ei.size):
+    if not tight_only or 2 * ec[e] == fu[ei[e]] + fv[ej[e]]:
+      at = fill[ei[e]]
+      indices[at], cost[at] = ej[e], 2 * ec[e]
+      fill[ei[e]] = at + 1
+  for i in range(n1):
+    at = fill[i]
+    if not tight_only or w_out == fu[i] + ow:
+      for a in range(d1):
+        indices[at + a], cost[at + a] = n2 + out1[i, a], w_out
+      at += d1
+    if not tight_only or w_over == fu[i] + fv[n2 + i]:
+      indices[at], cost[at] = n2 + i, w_over
+  for j in range(n2):
+    if not tight_only or w_out == ow + fv[j]:
+      for a in range(d2):
+        r = n1 + out2[j, a]
+        indices[fill[r]], cost[fill[r]] = j, w_out
+        fill[r] += 1
   for i in range(nmax):
     for a in range(d3):
       if n1 < n2:
-        rows[at], cols[at] = n1 + i, n2 + oo[i, a]
+        r, c = n1 + i, n2 + oo[i, a]
       else:
-        rows[at], cols[at] = n1 + oo[i, a], n2 + i
-      cst[at] = 2 * ow
-      at += 1
-  for i in range(n1):  # the perfect-match overlay
-    rows[at], cols[at], cst[at] = i, n2 + i, 2 * ow * _MULTIPLIER
-    at += 1
-  for j in range(n2):
-    rows[at], cols[at], cst[at] = n1 + j, j, 2 * ow * _MULTIPLIER
-    at += 1
-  return _csr(n, rows, cols, cst)
+        r, c = n1 + oo[i, a], n2 + i
+      indices[fill[r]], cost[fill[r]] = c, w_out
+      fill[r] += 1
+  for j in range(n2):  # the perfect-match overlay
+    if not tight_only or w_over == fu[n1 + j] + fv[j]:
+      r = n1 + j
+      indices[fill[r]], cost[fill[r]] = j, w_over
+  return indptr, indices, cost
 
 
 Profile = Callable[[str], None] | None
@@ -566,11 +692,15 @@ def solve(ei: np.ndarray, ej: np.ndarray, ec: np.ndarray, n1: int, n2: int,
   mark("relaxed")
   out1, out2, oo = _outliers(n1, n2, seed)
   mark("draws")
-  indptr, indices, cost = _full_graph(ei, ej, ec, n1, n2, ow, out1, out2, oo)
+  # Hopcroft-Karp only looks at tight edges (about half): a graph of
+  # those; the full one only if it leaves free nodes.
+  tight = _graph(ei, ej, ec, n1, n2, ow, out1, out2, oo, fu, fv, True)
   mark("graph")
-  _tight_max_matching(indptr, indices, cost, fu, fv, mate_l, mate_r)
+  _tight_max_matching(*tight, fu, fv, mate_l, mate_r)
   mark("complete")
-  ok = ok and _augment_all(indptr, indices, cost, fu, fv, mate_l, mate_r)
+  if ok and np.any(mate_l < 0):
+    full = _graph(ei, ej, ec, n1, n2, ow, out1, out2, oo, fu, fv, False)
+    ok = _augment_all(*full, fu, fv, mate_l, mate_r)
   mark("repair")
   if not ok:
     raise RuntimeError("assignment failed (no perfect matching)")
@@ -608,8 +738,30 @@ class Assign:
     disc = np.zeros((2 * pad + 1, 2 * pad + 1), bool)
     disc[dy[keep] + pad, dx[keep] + pad] = True
     self._near = ndimage.binary_dilation(gt, disc) if gy.size else gt
-    self._grank = np.empty(gy.size, np.int64)  # column-major rank
-    self._grank[np.lexsort((gy, gx))] = np.arange(gy.size)
+    self._gorder = np.lexsort((gy, gx))  # gt ids, column-major
+    # Edge cache: pixel -> row of (gt ids, costs), -1 until first asked
+    # for; rows are computed once per image (``prepare`` or on demand).
+    self._row = np.full(h * w, -1, np.int64)
+    self._indptr = np.zeros(1, np.int64)
+    self._cg = np.zeros(0, np.int64)
+    self._cc = np.zeros(0, np.int64)
+
+  def prepare(self, ys: np.ndarray, xs: np.ndarray) -> None:
+    """Caches the candidate pairs of pixels (ys, xs) (e.g. every pixel any
+    threshold can predict), so later calls only gather them."""
+    flat = np.asarray(ys, np.int64) * self.shape[1] + np.asarray(xs, np.int64)
+    flat = np.unique(flat[self._row[flat] < 0])
+    if flat.size == 0:
+      return
+    ys, xs = np.divmod(flat, self.shape[1])
+    indptr, cg, cc = _pixel_edges(ys, xs, self._gid, self._near, self._pad,
+                                  self._oy, self._ox, self._oc)
+    start = self._indptr.size - 1
+    self._row[flat] = np.arange(start, start + flat.size)
+    self._indptr = np.concatenate([self._indptr,
+                                   self._indptr[-1] + indptr[1:]])
+    self._cg = np.concatenate([self._cg, cg])
+    self._cc = np.concatenate([self._cc, cc])
 
   def pixels(self, ys: np.ndarray, xs: np.ndarray,
              seed: int | None = None, profile: Profile = None
@@ -621,12 +773,13 @@ class Assign:
       return np.array([0, self.sum_r, 0, sum_p], np.float64)
     ys = np.asarray(ys, np.int64)
     xs = np.asarray(xs, np.int64)
-    pi, gj, cost = _real_edges(ys, xs, self._gid, self._near, self._pad,
-                               self._oy, self._ox, self._oc)
-    if pi.size == 0:  # nothing matchable: match.cc returns before drawing
+    self.prepare(ys, xs)
+    h, w = self.shape
+    ei, ej, cost, n1, n2 = _problem(ys, xs, h, w, self._row, self._indptr,
+                                    self._cg, self._cc, self._gorder,
+                                    self.sum_r)
+    if ei.size == 0:  # nothing matchable: match.cc returns before drawing
       return np.array([0, self.sum_r, 0, sum_p], np.float64)
-    ei, ej, n1, n2 = _node_ids(pi, gj, ys, xs, self.shape[0], self._grank,
-                               self.sum_r)
     if profile:
       profile("edges")
     if seed is None:  # Random::reseed(0): from the clock

@@ -29,6 +29,7 @@ import functools
 import math
 import sys
 
+import numba
 import numpy as np
 from pyEdgeEval._lib import correspond_pixels
 from scipy import sparse
@@ -37,11 +38,8 @@ from skimage.morphology import _skeletonize
 
 # skimage's two Guo-Hall sub-iteration tables (private; thin() uses them,
 # and test_thin_matches_skimage guards against a change).
-_LUTS = (np.asarray(_skeletonize.G123_LUT, bool),
-         np.asarray(_skeletonize.G123P_LUT, bool))
-# skimage's neighbourhood weights [[8, 4, 2], [16, 0, 1], [32, 64, 128]].
-_NEIGHBOURS = ((-1, -1, 8), (-1, 0, 4), (-1, 1, 2), (0, -1, 16), (0, 1, 1),
-               (1, -1, 32), (1, 0, 64), (1, 1, 128))
+_LUTS = (np.asarray(_skeletonize.G123_LUT, np.bool_),
+         np.asarray(_skeletonize.G123P_LUT, np.bool_))
 _OUTLIER_COST = 100.0  # correspond_pixels' default, as SEISM uses it
 
 
@@ -77,45 +75,87 @@ def seed_matcher(seed: int | None) -> None:
 
 # ---------------------------------------------------------------- thinning
 
-def _thin_flat(flat: np.ndarray, idx: np.ndarray, stride: int) -> np.ndarray:
-  """Thins the pixels `idx` of a zero-bordered flat uint8 map in place;
-  returns the survivors.
+@numba.njit(cache=True)
+def _gather_live(flat, gone_a, na, gone_b, nb, offsets, stamp, out):
+  """Distinct live 8-neighbours of gone_a[:na] and gone_b[:nb] into out;
+  stamp: all-zero scratch, left all zero."""
+  n = 0
+  for which in range(2):
+    gone, ng = (gone_a, na) if which == 0 else (gone_b, nb)
+    for i in range(ng):
+      for o in offsets:
+        q = gone[i] + o
+        if flat[q] == 1 and stamp[q] == 0:
+          stamp[q] = 1
+          out[n] = q
+          n += 1
+  for i in range(n):
+    stamp[out[i]] = 0
+  return n
 
-  skimage's parallel sub-iterations, computed incrementally: a pixel whose
-  3x3 code has not changed since a sub-iteration's table last kept it is
-  kept again, so after the first iteration only the live neighbours of the
-  pixels deleted in the last two sub-iterations (every pixel whose code
-  changed since that table's previous pass) are re-examined. Same
-  deletions, same result.
+
+@numba.njit(cache=True)
+def _thin_flat(flat, idx, stride, lut0, lut1, stamp):
+  """Thins the pixels `idx` of a zero-bordered flat uint8 map in place;
+  returns the survivors (in idx's order). stamp: all-zero int8 scratch of
+  flat's size, left all zero.
+
+  skimage's parallel sub-iterations (every code computed before any
+  deletion), computed incrementally: a pixel whose 3x3 code has not
+  changed since a sub-iteration's table last kept it is kept again, so
+  after the first iteration only the live neighbours of the pixels deleted
+  in the last two sub-iterations (every pixel whose code changed since
+  that table's previous pass) are re-examined. Same deletions, same
+  result.
   """
-  offsets = np.array([dy * stride + dx for dy, dx, _ in _NEIGHBOURS])[:, None]
-  weights = np.array([wt for _, _, wt in _NEIGHBOURS], np.int32)
-  pos = np.empty(flat.size, np.int32)  # scratch for de-duplication
-  cand, first, recent = idx, True, []
+  offsets = np.array([-stride - 1, -stride, -stride + 1, -1, 1,
+                      stride - 1, stride, stride + 1])
+  # skimage's weights [[8, 4, 2], [16, 0, 1], [32, 64, 128]].
+  weights = np.array([8, 4, 2, 16, 1, 32, 64, 128])
+  n = idx.size
+  cand = idx.copy()
+  n_cand = n
+  gone_prev = np.empty(n, np.int64)
+  gone_cur = np.empty(n, np.int64)
+  n_prev = n_older = 0
+  first = True
   while True:
     deleted = 0
-    for lut in _LUTS:
-      cand = cand[flat[cand] == 1]
-      gone = cand[lut[weights @ flat[cand + offsets]]]  # codes, then delete
-      flat[gone] = 0
-      deleted += gone.size
-      recent = recent[-1:] + [gone]
+    for sub in range(2):
+      lut = lut0 if sub == 0 else lut1
+      n_cur = 0
+      for i in range(n_cand):
+        c = cand[i]
+        if flat[c] != 1:
+          continue
+        code = 0
+        for a in range(8):
+          if flat[c + offsets[a]]:
+            code += weights[a]
+        if lut[code]:
+          gone_cur[n_cur] = c
+          n_cur += 1
+      for i in range(n_cur):  # delete together: parallel sub-iteration
+        flat[gone_cur[i]] = 0
+      deleted += n_cur
       if not first:
-        cand = _live_neighbours(flat, pos, recent, offsets)
-    if not deleted:
-      return idx[flat[idx] == 1]
-    if first:  # from now on, only around deletions
+        n_cand = _gather_live(flat, gone_prev, n_prev, gone_cur, n_cur,
+                              offsets, stamp, cand)
+      gone_prev, gone_cur = gone_cur, gone_prev
+      n_older, n_prev = n_prev, n_cur
+    if deleted == 0:
+      break
+    if first:  # from now on, only around deletions (both sub-iterations)
       first = False
-      cand = _live_neighbours(flat, pos, recent, offsets)
-
-
-def _live_neighbours(flat, pos, gone: list, offsets) -> np.ndarray:
-  """Distinct live 8-neighbours of the `gone` pixels (no sort)."""
-  nb = (np.concatenate(gone) + offsets).reshape(-1)
-  nb = nb[flat[nb] == 1]
-  at = np.arange(nb.size, dtype=np.int32)
-  pos[nb] = at  # the last copy of each pixel wins
-  return nb[pos[nb] == at]
+      n_cand = _gather_live(flat, gone_cur, n_older, gone_prev, n_prev,
+                            offsets, stamp, cand)
+  keep = 0
+  out = np.empty(n, np.int64)
+  for i in range(n):
+    if flat[idx[i]] == 1:
+      out[keep] = idx[i]
+      keep += 1
+  return out[:keep]
 
 
 def thin(binary: np.ndarray) -> np.ndarray:
@@ -125,7 +165,8 @@ def thin(binary: np.ndarray) -> np.ndarray:
   padded = np.zeros((h + 2, w + 2), np.uint8)  # zero border = mode constant
   padded[1:-1, 1:-1] = binary
   flat = padded.reshape(-1)
-  _thin_flat(flat, np.flatnonzero(flat), w + 2)
+  _thin_flat(flat, np.flatnonzero(flat), w + 2, *_LUTS,
+             np.zeros(flat.size, np.int8))
   return padded[1:-1, 1:-1].astype(bool)
 
 
@@ -146,6 +187,7 @@ class Sweep:
     pix = nz[order]
     self._padded = pix + 2 * (pix // w) + w + 3  # in the (h+2, w+2) frame
     self._buf = np.zeros((h + 2) * (w + 2), np.uint8)
+    self._stamp = np.zeros(self._buf.size, np.int8)
 
   def size(self, cut: np.ndarray) -> np.ndarray:
     """How many pixels are >= each cut (same dtype as the map)."""
@@ -157,7 +199,8 @@ class Sweep:
     idx = self._padded[:n]
     if thin_them:
       self._buf[idx] = 1
-      idx = _thin_flat(self._buf, idx.copy(), self.shape[1] + 2)
+      idx = _thin_flat(self._buf, idx, self.shape[1] + 2, *_LUTS,
+                       self._stamp)
       self._buf[self._padded[:n]] = 0
     # Row-major order, as np.nonzero gives: the matchers' gathers and
     # Hopcroft-Karp are several times faster on it than in value order.

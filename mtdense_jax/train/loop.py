@@ -165,7 +165,7 @@ def make_boundary_eval(exp: Experiment, defs,
   return dense.BoundaryEval(
       predict, lambda: boundary.BoundaryEvaluator(
           float(max_dist), bcfg.get("thresholds"), matcher=bcfg.get("matcher"),
-          processes=bcfg.get("processes", 0), chunks=bcfg.get("chunks", 1),
+          processes=bcfg.get("processes", -1), chunks=bcfg.get("chunks", 1),
           seed=bcfg.get("seed", boundary.DEFAULT_SEED),
           gt_mode=bcfg.get("gt_mode", "auto")),
       gt_key=bcfg.get("gt_key"))
