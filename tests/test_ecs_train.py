@@ -3,8 +3,8 @@ against ../shared/golden/ecs_train_a (the reference loops replayed statement
 by statement), for the reference coefficients and for amplified ones
 (``boosted``) that make every term visible.
 
-The stages come from ecs_recipe.stages (the same code the configs use):
-optimizer groups (deltas with/without decay, gate logits AdamW 0.1 / wd
+The stages come from configs/pascal_ecs.py ``stages`` (the same code the
+configs use): optimizer groups (deltas with/without decay, gate logits AdamW 0.1 / wd
 0.01 with only their gradients clipped), the fixed loss weights and the
 model-returned L0 / activation losses with their coefficients.
 Tolerances (sidecar): masks exact; losses rtol 1e-5; gradients atol 1e-6 +
@@ -27,7 +27,6 @@ import pytest
 
 from mtdense_jax import config_defaults
 from mtdense_jax.models.decoders import ecs_adapter
-from mtdense_jax.models.encoders import ecs_recipe
 from mtdense_jax.models.encoders import ecs_vit
 from mtdense_jax.train import loop
 from mtdense_jax.train import sharding as shd
@@ -44,6 +43,8 @@ GRAD_TOL = dict(atol=1e-6, rtol=1e-4)
 GRAD_SCALE_ATOL = 1e-4
 STATE_TOL = dict(atol=1e-6, rtol=1e-5)
 SUB = et.SUB
+# The recipe helper every ECS config uses.
+ecs_recipe = config_defaults.load_module(et.REPO / "configs" / "pascal_ecs.py")
 
 
 def _config(meta, variant):
@@ -345,11 +346,5 @@ def test_reference_losses(golden, task, golden_name, kw):
   w = meta["losses"][golden_name]["weight_in_training_loss"]
   np.testing.assert_allclose(w * got, float(g[f"{golden_name}/weighted_loss"]),
                              rtol=1e-6, atol=1e-6 * w)
-  if task in ecs_recipe_weights():
-    assert ecs_recipe_weights()[task] == w
-
-
-def ecs_recipe_weights():
-  """The loss weights configs/pascal_ecs.py trains with."""
-  return config_defaults.load_module(
-      et.REPO / "configs" / "pascal_ecs.py").WEIGHTS
+  if task in ecs_recipe.WEIGHTS:   # what configs/pascal_ecs.py trains with
+    assert ecs_recipe.WEIGHTS[task] == w
