@@ -112,11 +112,16 @@ def stages(base_task: str, sub_tasks: Sequence[str], *,
            act_coef: Mapping[str, float], base_lr: float,
            base_warmup: int, base_drop_path: float, depth: int,
            poly_horizon: int = POLY_HORIZON, delta_wd: float = DELTA_WD,
-           alpha_clip: float = ALPHA_CLIP) -> tuple[dict, ...]:
+           alpha_clip: float = ALPHA_CLIP,
+           dense_steps: int = 0) -> tuple[dict, ...]:
   """``config.stages`` for base fine-tune + Steps 1-3 (names base, step1,
   step2, step3). ``steps`` has 4 entries; ``lr``/``step3_lr`` etc. are per
   sub-task. ``poly_horizon`` is the PolynomialLR horizon of Steps 1-3;
-  ``delta_wd`` / ``alpha_clip`` the delta weight decay and the gate clip."""
+  ``delta_wd`` / ``alpha_clip`` the delta weight decay and the gate clip.
+  ``dense_steps`` > 0 adds a stage ``dense`` after the base (sub-tasks
+  fine-tuned from the base with dense deltas and Step 1's lr: the
+  reference's Step0 baseline, the dense model the end-of-run summary
+  compares the sparse ones with); Step 1 still starts from the base."""
   if len(steps) != 4:
     raise ValueError(f"ecs stages need 4 step counts, got {steps}")
   subs = tuple(sub_tasks)
@@ -163,8 +168,11 @@ def stages(base_task: str, sub_tasks: Sequence[str], *,
                 "weighting.name": "fixed",
                 "weighting.kw": {"weights": {
                     base_task: 1.0, **{t: 0.0 for t in subs}}}})
+  dense = (sub_stage("dense", "base", "delta", int(dense_steps), lr, {},
+                     gates=False),) if dense_steps else ()
   return (
       base,
+      *dense,
       sub_stage("step1", "base", "gates", int(steps[1]), lr,
                 {f"l0/{t}": sparsity_pen[t] for t in subs}, gates=True),
       sub_stage("step2", "step1", "mask", int(steps[2]), lr, {},

@@ -281,7 +281,8 @@ def test_poly_schedule_clamped_past_horizon():
 def test_configs_stage_groups(name):
   """Every ECS config validates; in every stage the right tensors train:
   base backbone and base head only in stage 0, gate logits only in Step 1,
-  every sub-task tensor in its own task's group (per-task lr)."""
+  every sub-task tensor in its own task's group (per-task lr); the
+  synthetic config adds the dense-delta reference stage."""
   from mtdense_jax import config_check  # pylint: disable=g-import-not-at-top
   from mtdense_jax.train import optim  # pylint: disable=g-import-not-at-top
   cfg = config_defaults.load_module(
@@ -310,8 +311,8 @@ def test_configs_stage_groups(name):
           f"decoder/heads/{base}/"):
         assert (lab == "frozen") == (i > 0), (i, path, lab)
       elif parts[1] in ("log_alpha", "log_alpha_tensor"):
-        assert (lab == "frozen") == (i != 1), (i, path, lab)
-        if i == 1:
+        assert (lab == "frozen") == (stage["name"] != "step1"), (i, path)
+        if stage["name"] == "step1":
           assert lab == f"{parts[2]}_gates", (path, lab)
       elif i > 0:
         task = parts[2]
@@ -322,7 +323,10 @@ def test_configs_stage_groups(name):
       else:
         assert lab == "frozen", (path, lab)
     jax.eval_shape(exp.tx.init, {"model": params, "weighting": {}})
-  assert modes == ["dense", "gates", "mask", "mask"]
+  want = ["dense", "gates", "mask", "mask"]
+  if name == "synthetic_ecs":
+    want.insert(1, "delta")
+  assert modes == want
 
 
 @pytest.mark.parametrize("task,golden_name,kw", [
