@@ -363,7 +363,11 @@ class EcsViT(nnx.Module):
 
   def __call__(self, image: jax.Array, *, rngs: nnx.Rngs | None = None
                ) -> feats_lib.Features:
-    need_sites = self.mode in ("mask", "delta") and self.act_penalty
+    # The penalties are training losses only: evaluation skips them, so
+    # Steps 2 and 3 evaluate with the same program (one compile, cached).
+    train = not self.deterministic
+    need_sites = (self.mode in ("mask", "delta") and self.act_penalty
+                  and train)
     base_sites = [] if need_sites else None
     base = self.tokens_to_map(self.backbone(
         self.base_weights(), image, sites=base_sites,
@@ -376,7 +380,7 @@ class EcsViT(nnx.Module):
       sites = [] if need_sites else None
       maps[t] = self.tokens_to_map(self.backbone(
           self.sub_weights(t, rngs), image, sites=sites, rngs=rngs))
-      if self.mode == "gates":
+      if self.mode == "gates" and train:
         losses[f"l0/{t}"] = jnp.sum(self.l0_per_layer(t))
       if need_sites:
         losses[f"act_l1/{t}"] = activation_l1(base_sites, sites)
