@@ -43,16 +43,10 @@ import numpy as np
 
 from mtdense_jax import config_defaults
 from mtdense_jax.data import pipeline
+from mtdense_jax.models.encoders import ecs_report
 from mtdense_jax.models.encoders import ecs_vit
-from mtdense_jax.train import checkpointing as ckpt
 from mtdense_jax.train import loop
-from mtdense_jax.train import sharding as shd
 from mtdense_jax.train import stages as stages_lib
-from mtdense_jax.train import state as state_lib
-
-LINEARS = (("qkv", "norm1"), ("proj", "attn_out"), ("fc1", "norm2"),
-           ("fc2", "act"))
-
 
 def load_model(config, workdir: pathlib.Path | None):
   """The last stage's model (restored when ``workdir`` has it)."""
@@ -60,20 +54,12 @@ def load_model(config, workdir: pathlib.Path | None):
   cfg = stages_lib.stage_config(config, stage, workdir or pathlib.Path(
       "/nonexistent")) if stage else config
   exp = loop.setup(cfg, jax.devices()[:1])
-  model = exp.factory()
   if workdir is not None:
-    defs, _, _ = state_lib.model_defs(exp.factory, loop.trainable(cfg))
-    _, params, stats = state_lib.split_model(model, defs.trainable)
-    repl = shd.replicated(exp.mesh)
-    abstract = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl),
-        {"params": params, "batch_stats": stats})
-    restored, step = ckpt.restore_params(
-        workdir / stage["name"] / "checkpoints", abstract)
-    from flax import nnx  # pylint: disable=g-import-not-at-top
-    model = nnx.merge(defs.eval, restored["params"],
-                      restored["batch_stats"])
-    print(f"Restored {stage['name']} step {step} from {workdir}")
+    cfg, exp, model = ecs_report.restore_stage_model(config, stage, workdir,
+                                                     exp=exp)
+    print(f"Restored stage {stage['name']} from {workdir}")
+    return cfg, exp, model
+  model = exp.factory()
   model.eval()
   return cfg, exp, model
 
@@ -91,68 +77,6 @@ def stage_metrics(config, workdir: pathlib.Path) -> None:
             in ("mIoU", "maxF", "mean", "loss")]
     print(f"  {s['name']:6s} step {last['step']:5d}  " + "  ".join(
         f"{k}={last[k]:.4f}" for k in keys))
-
-
-def weight_sparsity(enc) -> dict[str, dict]:
-  out = {}
-  for t in enc.sub_tasks:
-    m = {n: np.asarray(v) for n, v in enc.mask(t).items()}
-    total = sum(v.size for v in m.values())
-    kept = sum(int(v.sum()) for v in m.values())
-    pos = m["pos_emb"].size
-    layers = np.zeros(enc.depth + 1)
-    sizes = np.zeros(enc.depth + 1)
-    for n, v in m.items():
-      layers[ecs_vit.layer_of(n)] += v.sum()
-      sizes[ecs_vit.layer_of(n)] += v.size
-    out[t] = {"with_pos_emb": 1 - kept / total,
-              "without_pos_emb": 1 - kept / (total - pos),
-              "per_layer_kept": layers / sizes, "masks": m}
-  return out
-
-
-def head_macs(enc, dec, task: str) -> float:
-  n = enc.grid[0] * enc.grid[1]
-  p = dec.heads[task].weights()
-  e = p["proj_w"].shape[1]
-  c = e // 16
-  out = p["final_w"].shape[1]
-  depth = dec.heads[task].depth
-  return n * enc.width * e + depth * 16 * n * (49 * c + 8 * c * c) + \
-      16 * n * c * out
-
-
-def dense_backbone_macs(enc) -> float:
-  n = enc.grid[0] * enc.grid[1] + 1
-  c, hid = enc.width, enc.shapes["b0_fc1_w"][1]
-  patch = (n - 1) * enc.patch ** 2 * 3 * c
-  per_block = n * c * 3 * c + n * c * c + 2 * n * c * hid + 2 * n * n * c
-  return patch + enc.depth * per_block
-
-
-def shared_macs(enc, task, masks, base_sites, sub_sites) -> float:
-  """Our accounting of one sub-task's incremental backbone MACs."""
-  n = enc.grid[0] * enc.grid[1] + 1
-  m = masks[task]
-  c = enc.width
-  total = (n - 1) * float(m["patch_w"].sum())   # dx = 0 at the input
-  for i in range(enc.depth):
-    for lin, inp in LINEARS:
-      dx = np.abs(np.asarray(sub_sites[i][inp] - base_sites[i][inp]))
-      nnz_dx = float((dx > 0).sum()) / dx.shape[0]
-      d_out = enc.shapes[f"b{i}_{lin}_w"][1]
-      total += nnz_dx * d_out + n * float(m[f"b{i}_{lin}_w"].sum()) \
-          + n * d_out
-    qkv_d = np.abs(np.asarray(sub_sites[i]["qkv"] - base_sites[i]["qkv"]))
-    qkv_d = qkv_d.reshape(qkv_d.shape[0], n, 3, c).max(axis=0)
-    rows = float((qkv_d[:, 0] > 0).any(-1).sum())
-    k_changed = bool((qkv_d[:, 1] > 0).any())
-    v_rows = float((qkv_d[:, 2] > 0).any(-1).sum())
-    if k_changed:
-      total += 2 * n * n * c
-    else:
-      total += rows * n * c + rows * n * c + (n - rows) * v_rows * c
-  return total
 
 
 def timed(fn, *args, reps: int = 5) -> float:
@@ -184,7 +108,7 @@ def main() -> None:
   if workdir is not None:
     stage_metrics(config, workdir)
 
-  sp = weight_sparsity(enc)
+  sp = ecs_report.weight_sparsity(enc)
   print("\n== Weight sparsity of the deltas (1 - kept/entries)")
   for t, s in sp.items():
     print(f"  {t:12s} with pos_emb {s['with_pos_emb']:.4f}   without "
@@ -200,8 +124,8 @@ def main() -> None:
   dense_out = dec({"task_maps": dense_maps})["final"]
 
   tasks = list(exp.tasks)
-  heads = sum(head_macs(enc, dec, t) for t in tasks)
-  bb = dense_backbone_macs(enc)
+  heads = sum(ecs_report.head_macs(enc, dec, t) for t in tasks)
+  bb = ecs_report.dense_backbone_macs(enc)
   indep = len(tasks) * bb + heads
   multi = bb + heads
   print(f"\n== MACs per image, all {len(tasks)} tasks (our accounting, "
@@ -221,7 +145,7 @@ def main() -> None:
       enc.backbone(enc.sub_weights(t), image, sites=sub_sites,
                    share=(base_sites, [jnp.float32(th)] * enc.depth),
                    stats=[])
-      total += shared_macs(enc, t, masks, base_sites, sub_sites)
+      total += ecs_report.shared_macs(enc, t, masks, base_sites, sub_sites)
     print(f"  ECS sharing, th={th:<6g}          {total / 1e6:10.2f} M "
           f"({total / indep:.3f} of independent, {total / multi:.3f} of "
           "multi-task)")

@@ -6,11 +6,23 @@ AdamW lr 1e-5 * 50/256, wd 1e-6, 2500 epochs with 40 warm-up, drop-path
 The reference releases NO NYUD sub-task script (notes section 3): the
 sub-task settings here are the PASCAL ones (configs/pascal_ecs.py: lr 2e-5,
 sparsity_pen 5e-8, Step 3 mu 2.5e-10; edge weight 50, others 1) and are
-our choice, not the authors'. The temporal option (``NYU/Seg/Step2.py``:
-the base model fine-tuned so that activations of neighbouring video frames
-agree, on the authors' video-frame version of NYUD) comes later: it needs
-that dataset; the penalty itself is ecs_vit.activation_l1 with the 7 NYU
-sites (tested against ecs_model_a's temporal penalty).
+our choice, not the authors'.
+
+NOT IMPLEMENTED: the video / temporal option. The reference fine-tunes the
+NYUD base model (``NYU/Seg/Step2.py``, notes section 5.5) so that the
+activations of neighbouring video frames agree (CE + 4e-9 x the L1 between
+the frame-20 activations and a neighbour frame's at 7 sites per block, the
+neighbour run under no_grad), and at inference non-keyframes reuse the
+keyframe's activations (notes section 6, paper figure 2; no code
+released). What it would need here: (1) a data builder for the authors'
+video-frame NYUD (``Video_nyu_one_time_interval``: frames rgb_18..rgb_22
+around labelled frame 20) yielding a neighbour image per example; (2) a
+stage whose model runs the base backbone on both frames and returns
+``activation_l1(neighbour_sites, sites, STEP3_SITES + ("proj",))`` (the
+reference counts proj twice, as proj and proj_drop) as an extra loss
+(the penalty itself, ecs_vit.activation_l1, is tested against
+ecs_model_a's temporal penalty); (3) a keyframe/non-keyframe sharing
+forward for the inference path. Neither the dataset nor (2)/(3) exist.
 
   python -m mtdense_jax.convert --from multimae \
       --input mae-b_dec512d8b_1600e_multivit-c477195b.pth \

@@ -3,8 +3,8 @@ against ../shared/golden/ecs_train_a (the reference loops replayed statement
 by statement), for the reference coefficients and for amplified ones
 (``boosted``) that make every term visible.
 
-The stages come from ecs_recipe.stages (the same code the configs use):
-optimizer groups (deltas with/without decay, gate logits AdamW 0.1 / wd
+The stages come from configs/pascal_ecs.py ``stages`` (the same code the
+configs use): optimizer groups (deltas with/without decay, gate logits AdamW 0.1 / wd
 0.01 with only their gradients clipped), the fixed loss weights and the
 model-returned L0 / activation losses with their coefficients.
 Tolerances (sidecar): masks exact; losses rtol 1e-5; gradients atol 1e-6 +
@@ -27,7 +27,6 @@ import pytest
 
 from mtdense_jax import config_defaults
 from mtdense_jax.models.decoders import ecs_adapter
-from mtdense_jax.models.encoders import ecs_recipe
 from mtdense_jax.models.encoders import ecs_vit
 from mtdense_jax.train import loop
 from mtdense_jax.train import sharding as shd
@@ -44,6 +43,8 @@ GRAD_TOL = dict(atol=1e-6, rtol=1e-4)
 GRAD_SCALE_ATOL = 1e-4
 STATE_TOL = dict(atol=1e-6, rtol=1e-5)
 SUB = et.SUB
+# The recipe helper every ECS config uses.
+ecs_recipe = config_defaults.load_module(et.REPO / "configs" / "pascal_ecs.py")
 
 
 def _config(meta, variant):
@@ -280,7 +281,8 @@ def test_poly_schedule_clamped_past_horizon():
 def test_configs_stage_groups(name):
   """Every ECS config validates; in every stage the right tensors train:
   base backbone and base head only in stage 0, gate logits only in Step 1,
-  every sub-task tensor in its own task's group (per-task lr)."""
+  every sub-task tensor in its own task's group (per-task lr); the
+  synthetic config adds the dense-delta reference stage."""
   from mtdense_jax import config_check  # pylint: disable=g-import-not-at-top
   from mtdense_jax.train import optim  # pylint: disable=g-import-not-at-top
   cfg = config_defaults.load_module(
@@ -309,8 +311,8 @@ def test_configs_stage_groups(name):
           f"decoder/heads/{base}/"):
         assert (lab == "frozen") == (i > 0), (i, path, lab)
       elif parts[1] in ("log_alpha", "log_alpha_tensor"):
-        assert (lab == "frozen") == (i != 1), (i, path, lab)
-        if i == 1:
+        assert (lab == "frozen") == (stage["name"] != "step1"), (i, path)
+        if stage["name"] == "step1":
           assert lab == f"{parts[2]}_gates", (path, lab)
       elif i > 0:
         task = parts[2]
@@ -321,7 +323,10 @@ def test_configs_stage_groups(name):
       else:
         assert lab == "frozen", (path, lab)
     jax.eval_shape(exp.tx.init, {"model": params, "weighting": {}})
-  assert modes == ["dense", "gates", "mask", "mask"]
+  want = ["dense", "gates", "mask", "mask"]
+  if name == "synthetic_ecs":
+    want.insert(1, "delta")
+  assert modes == want
 
 
 @pytest.mark.parametrize("task,golden_name,kw", [
@@ -345,11 +350,5 @@ def test_reference_losses(golden, task, golden_name, kw):
   w = meta["losses"][golden_name]["weight_in_training_loss"]
   np.testing.assert_allclose(w * got, float(g[f"{golden_name}/weighted_loss"]),
                              rtol=1e-6, atol=1e-6 * w)
-  if task in ecs_recipe_weights():
-    assert ecs_recipe_weights()[task] == w
-
-
-def ecs_recipe_weights():
-  """The loss weights configs/pascal_ecs.py trains with."""
-  return config_defaults.load_module(
-      et.REPO / "configs" / "pascal_ecs.py").WEIGHTS
+  if task in ecs_recipe.WEIGHTS:   # what configs/pascal_ecs.py trains with
+    assert ecs_recipe.WEIGHTS[task] == w

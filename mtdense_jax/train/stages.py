@@ -17,6 +17,11 @@ the base config with the stage's changes, in ``WORKDIR/<name>/``:
 A stage whose checkpoints already reach its steps is skipped, so rerunning
 the same command after a crash resumes the unfinished stage (from its own
 latest checkpoint) without repeating the finished ones.
+
+After the last stage, a model plugin (the encoder's or the decoder's
+module) that defines ``stages_report(config, workdir) -> str`` gets the
+whole multi-stage config and prints what only the stages together show
+(e.g. a sparsity/accuracy trade-off across them).
 """
 
 from __future__ import annotations
@@ -24,9 +29,11 @@ from __future__ import annotations
 import pathlib
 from typing import Any, Callable, Mapping
 
+from mtdense_jax import registry
 from mtdense_jax import runtime
 from mtdense_jax.train import checkpointing as ckpt
 from mtdense_jax.train import partial_restore
+from mtdense_jax.train import report
 
 _STAGE_KEYS = {"name", "steps", "init_from", "restore", "freeze", "override"}
 
@@ -91,7 +98,21 @@ def run(config, workdir: str | pathlib.Path,
     metrics = train_fn(cfg, str(sdir))
     if runtime.stop_requested():   # preempted mid-stage: rerun resumes it
       break
+  if not runtime.stop_requested():
+    for text in plugin_reports(config, workdir):
+      report.say(text)
   return metrics
+
+
+def plugin_reports(config, workdir: pathlib.Path) -> list[str]:
+  """The ``stages_report`` texts of the model's plugins (see above)."""
+  out = []
+  for kind in ("encoder", "decoder"):
+    module = registry.lookup(kind, config.model[kind])
+    fn = getattr(module, "stages_report", None)
+    if fn is not None:
+      out.append(fn(config, workdir))
+  return out
 
 
 def _latest(directory: pathlib.Path) -> int | None:

@@ -14,6 +14,9 @@ block tensor) carries a per-entry and a per-tensor hard-concrete gate.
 
   ``dense``  only the base backbone runs; every task reads its tokens
              (base-task fine-tuning, and single-model baselines)
+  ``delta``  sub-task weights theta_base + delta, no gates: the dense
+             reference a sparse sub-task is compared with (the reference's
+             Step0 single-task fine-tune, here started from the base)
   ``gates``  Step 1: sub-task weights theta_base + (z2 z) delta with gates
              sampled at every training forward (the sample is kept in
              ``sampled`` for the ``reference`` eval gate and Step 2's mask);
@@ -53,7 +56,7 @@ VARIANTS = {
     "S/16": dict(width=384, depth=12, num_heads=6),
     "B/16": dict(width=768, depth=12, num_heads=12),
 }
-MODES = ("dense", "gates", "mask")
+MODES = ("dense", "delta", "gates", "mask")
 # Forward-hook sites of Pascal Step3.py, in block order (notes 5.4).
 STEP3_SITES = ("norm1", "qkv", "proj", "fc1", "act", "fc2")
 # Linear outputs the sparse block replaces by the base value (notes 6).
@@ -192,12 +195,22 @@ def _values(tree: nnx.Dict) -> dict[str, jax.Array]:
 def draw_noise(key: jax.Array, shapes: Mapping[str, tuple[int, ...]],
                task: str) -> dict[str, tuple[jax.Array, jax.Array]]:
   """Fresh clamped uniform noise per tensor: (per-entry u, per-tensor u2).
-  A module-level function so tests can replay recorded noise."""
+  Two random draws for all tensors, then split (one draw per tensor made
+  XLA's CPU compile of the Step 1 train step take minutes). A module-level
+  function so tests can replay recorded noise."""
   del task
-  out = {}
-  for i, (name, shape) in enumerate(shapes.items()):
-    k2, k1 = jax.random.split(jax.random.fold_in(key, i))
-    out[name] = (hc.uniform_noise(k1, shape), hc.uniform_noise(k2, (1,)))
+  k1, k2 = jax.random.split(key)
+  sizes = [math.prod(s) for s in shapes.values()]
+  # The barrier materialises the draws once: fused into each slice's
+  # consumer, the random-bit computation would be compiled once per tensor.
+  flat, per_tensor = jax.lax.optimization_barrier(
+      (hc.uniform_noise(k1, (sum(sizes),)),
+       hc.uniform_noise(k2, (len(sizes),))))
+  out, start = {}, 0
+  for i, ((name, shape), size) in enumerate(zip(shapes.items(), sizes)):
+    out[name] = (flat[start:start + size].reshape(shape),
+                 per_tensor[i:i + 1])
+    start += size
   return out
 
 
@@ -269,6 +282,9 @@ class EcsViT(nnx.Module):
     if self.mode == "dense":
       return base
     delta = _values(self.delta[task])
+    if self.mode == "delta":   # pos_emb is never trained (notes 4)
+      delta["pos_emb"] = jax.lax.stop_gradient(delta["pos_emb"])
+      return {n: base[n] + delta[n] for n in base}
     if self.mode == "mask":
       m = self.mask(task)
       return {n: base[n] + m[n].astype(jnp.float32) * delta[n] for n in base}
@@ -347,7 +363,11 @@ class EcsViT(nnx.Module):
 
   def __call__(self, image: jax.Array, *, rngs: nnx.Rngs | None = None
                ) -> feats_lib.Features:
-    need_sites = self.mode == "mask" and self.act_penalty
+    # The penalties are training losses only: evaluation skips them, so
+    # Steps 2 and 3 evaluate with the same program (one compile, cached).
+    train = not self.deterministic
+    need_sites = (self.mode in ("mask", "delta") and self.act_penalty
+                  and train)
     base_sites = [] if need_sites else None
     base = self.tokens_to_map(self.backbone(
         self.base_weights(), image, sites=base_sites,
@@ -360,7 +380,7 @@ class EcsViT(nnx.Module):
       sites = [] if need_sites else None
       maps[t] = self.tokens_to_map(self.backbone(
           self.sub_weights(t, rngs), image, sites=sites, rngs=rngs))
-      if self.mode == "gates":
+      if self.mode == "gates" and train:
         losses[f"l0/{t}"] = jnp.sum(self.l0_per_layer(t))
       if need_sites:
         losses[f"act_l1/{t}"] = activation_l1(base_sites, sites)
@@ -399,6 +419,13 @@ def activation_l1(base_sites: list[dict], sub_sites: list[dict],
       total = total + jnp.sum(jnp.abs(jax.lax.stop_gradient(b[site])
                                       - s[site]))
   return total
+
+
+def stages_report(config, workdir) -> str:
+  """After the last stage (train/stages.py): the sparsity/accuracy
+  trade-off of the run (ecs_report.stages_summary)."""
+  from mtdense_jax.models.encoders import ecs_report  # pylint: disable=g-import-not-at-top
+  return ecs_report.stages_summary(config, workdir)
 
 
 def _init_base(shapes: Mapping[str, tuple[int, ...]], grid: tuple[int, int],
