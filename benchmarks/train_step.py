@@ -311,7 +311,8 @@ def build(cfg, meta: dict[str, Any] | None = None, mode: str = "train",
         carry["state"]["params"], carry["state"]["batch_stats"],
         data["image"]))
 
-  return {"exp": exp, "compiled": compiled, "call": call, "carry": carry,
+  return {"exp": exp, "compiled": compiled, "traced": traced,
+          "call": call, "carry": carry,
           "data": data, "compile_s": compile_s, "trace_s": trace_s,
           "lower_s": lower_s}
 
