@@ -20,10 +20,13 @@ For each ../shared/perf/configs.json configuration this prints
     reference / ours that bound allows.
 
 On a shared machine wall times swing with the load; CPU time (all threads
-of the process) is steadier, and "per CPU-s" figures compare across loads:
-GFLOP per CPU-second x cores = the quiet-machine figure. The reference step
-runs in another process, so its wall time saw different load; its CPU time
-is the comparable figure.
+of the process) is steadier for XLA, and "per CPU-s" figures compare across
+loads: GFLOP per CPU-second x cores = the quiet-machine figure. torch's
+OpenMP threads spin while a sibling thread is descheduled, so on an
+oversubscribed machine the reference's CPU time inflates too: its columns
+mean something on a quiet machine only. The per-op overhead (CPU-us per
+tiny XLA kernel) times the step's XLA op count is the other floor: a step
+of thousands of small kernels is dispatch-bound, not FLOP-bound.
 """
 
 from __future__ import annotations
@@ -130,6 +133,17 @@ def jax_peak(n: int, reps: int) -> dict[str, float]:
   return {"wall_gflops": flop / wall / 1e6, "cpu_gflops": flop / cpu / 1e6}
 
 
+def op_overhead(n_ops: int = 400, reps: int = 20) -> float:
+  """Process-CPU microseconds per XLA kernel of a program of `n_ops`
+  independent tiny fusions (64 elements each): the per-op floor that a
+  step of thousands of small ops pays whatever its FLOPs."""
+  xs = [jnp.full((64,), float(i)) for i in range(n_ops)]
+  fn = jax.jit(lambda xs: [x * 2.0 + 1.0 for x in xs])
+  jax.block_until_ready(fn(xs))
+  _, cpu = _timed(lambda: jax.block_until_ready(fn(xs)), reps)
+  return 1e3 * cpu / n_ops
+
+
 def ours(name: str, mode: str, steps: int, warmup: int,
          flatten: str = "auto") -> dict[str, Any]:
   ref = ts.load_ref_config(f"{PERF / 'configs.json'}:{name}")
@@ -187,8 +201,6 @@ for name in os.environ["CONFIGS"].split(","):
   for mode, fn in (("train", step), ("forward", forward)):
     if mode == "forward":
       model.eval()
-    with FlopCounterMode(display=False) as counter:
-      fn()
     for _ in range(int(os.environ["WARMUP"])):
       fn()
     w, c = [], []
@@ -196,6 +208,9 @@ for name in os.environ["CONFIGS"].split(","):
       t, q = time.perf_counter(), time.process_time()
       fn()
       c.append(time.process_time() - q); w.append(time.perf_counter() - t)
+    # Counted after the timing: the counter's hooks must not slow it.
+    with FlopCounterMode(display=False) as counter:
+      fn()
     row[mode] = {"flops": float(counter.get_total_flops()),
                  "wall_ms": 1e3 * statistics.median(w),
                  "cpu_ms": 1e3 * statistics.median(c)}
@@ -241,6 +256,8 @@ def main(argv=None) -> int:
   p.add_argument("--threads", type=int, default=2,
                  help="torch threads (the reference's; compare.sh uses 2)")
   p.add_argument("--no-ref", action="store_true")
+  p.add_argument("--ref_steps", type=int, default=None,
+                 help="timed reference steps (default --steps)")
   p.add_argument("--flatten", default="auto", choices=("auto", "on", "off"),
                  help="config.optim.flatten of our train step")
   p.add_argument("--json", default="", help="write all figures here")
@@ -251,7 +268,7 @@ def main(argv=None) -> int:
 
   peak = {"jax": jax_peak(args.peak_n, args.peak_reps)}
   ref = None if args.no_ref else reference(
-      configs, args.steps, args.warmup, args.peak_n, args.peak_reps,
+      configs, args.ref_steps or args.steps, min(args.warmup, 1), args.peak_n, args.peak_reps,
       args.threads)
   if ref:
     peak["torch"] = ref.pop("peak")
@@ -260,10 +277,12 @@ def main(argv=None) -> int:
   best_cpu = max(v["cpu_gflops"] for v in peak.values())
   quiet_peak = best_cpu * min(args.threads, cores)
 
+  us_per_op = op_overhead()
   rows = [["config", "mode", "XLA GFLOP", "dot+conv GFLOP", "ref GFLOP",
            "ours ms (CPU ms)", "ref ms (CPU ms)", "ours %peak", "ref %peak",
-           "bound ms", "best ratio", "ratio (CPU)", "XLA ops"]]
-  figures = {"peak": peak, "peak_cpu_gflops": best_cpu,
+           "bound ms", "best ratio", "ratio (CPU)", "XLA ops",
+           "op floor CPU ms"]]
+  figures = {"peak": peak, "us_per_op": us_per_op, "peak_cpu_gflops": best_cpu,
              "quiet_peak_gflops": quiet_peak, "steps": {}}
   for name in configs:
     for mode in modes:
@@ -286,19 +305,22 @@ def main(argv=None) -> int:
           f"{frac:.1%}", f"{ref_frac:.1%}" if r else "n/a",
           f"{bound_ms:.2f}", f"{best:.1f}x" if r else "n/a",
           f"{ref_cpu / o['cpu_ms']:.2f}x" if r else "n/a",
-          str(o["hlo_ops"])])
+          str(o["hlo_ops"]), f"{o['hlo_ops'] * us_per_op / 1e3:.1f}"])
   print(f"matmul peak ({args.peak_n}^3 float32, {args.threads} threads, "
         f"{cores} cores): " + "; ".join(
             f"{k} {v['wall_gflops']:.1f} GFLOP/s wall, {v['cpu_gflops']:.1f} "
             "GFLOP per CPU-s" for k, v in peak.items()))
   print(f"quiet-machine peak = {best_cpu:.1f} GFLOP per CPU-s x "
         f"{min(args.threads, cores)} cores = {quiet_peak:.1f} GFLOP/s\n")
+  print(f"per-op overhead: {us_per_op:.2f} CPU-us per XLA kernel (400 "
+        "independent 64-element fusions)\n")
   print(table(rows))
   print("\n%peak = matmul FLOPs / (CPU-s of the step x peak per CPU-s) "
         "(ref: torch's FLOP counter); bound ms = our dot+conv FLOPs at the "
         "quiet-machine peak; best ratio = reference CPU-ms / cores / bound "
         "(the most ref/ours can reach if every FLOP ran at peak); ratio "
-        "(CPU) = reference CPU ms / ours (same threads, load-independent).")
+        "(CPU) = reference CPU ms / ours (same threads); op floor = XLA ops x "
+        "per-op overhead.")
   if args.json:
     pathlib.Path(args.json).write_text(json.dumps(figures, indent=2))
   return 0
