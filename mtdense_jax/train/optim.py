@@ -135,7 +135,11 @@ def make_optimizer(
 # ~845 fusions, each a few microseconds of dispatch for a few hundred
 # elements. Raveled, the moments and the update are a handful of fusions
 # over one vector; what stays per parameter is slicing the update back out
-# (fused with `optax.apply_updates`' add).
+# (fused with `optax.apply_updates`' add). Tiny perf train step
+# (benchmarks/train_step.py --ref-config ...:tiny --ab optim.flatten=off,on):
+# 6465 -> 5858 XLA ops, 22893 -> 18456 jaxpr equations to trace, step 1.12x
+# less CPU (1.23x wall, round-robin on a loaded machine), cold compile
+# unchanged (135 vs 132 CPU-s on that machine).
 
 
 def _ravel(leaves: list) -> dict[str, jax.Array]:
