@@ -48,6 +48,7 @@ import argparse
 import contextlib
 import json
 import pathlib
+import re
 import statistics
 import sys
 import time
@@ -207,6 +208,27 @@ def _flops(compiled) -> float | None:
   return float(cost["flops"]) if cost and "flops" in cost else None
 
 
+def hlo_ops(compiled) -> dict[str, int]:
+  """Kernels the compiled program runs per call: instructions of its entry
+  computation (and of while/call bodies) other than parameters, tuples,
+  get-tuple-element, bitcasts and constants; fusions counted apart. On CPU
+  each costs microseconds of dispatch whatever its size."""
+  free = {"parameter", "tuple", "get-tuple-element", "bitcast", "constant"}
+  ops = fusions = 0
+  text = compiled.as_text()
+  for block in text.split("\n\n"):
+    head = block.lstrip().split("\n", 1)[0]
+    if head.startswith("%fused") or head.startswith("fused"):
+      continue        # bodies of fusions are one kernel each
+    for line in block.splitlines()[1:]:
+      m = re.search(r"= \S+ ([a-z][a-z0-9-]*)\(", line)
+      if not m or m.group(1) in free:
+        continue
+      ops += 1
+      fusions += m.group(1) == "fusion"
+  return {"hlo_ops": ops, "hlo_fusions": fusions}
+
+
 def _peak_memory() -> float | None:
   stats = jax.devices()[0].memory_stats()
   return float(stats["peak_bytes_in_use"]) if stats else None
@@ -249,13 +271,11 @@ def eval_forward(params, batch_stats, image, *, graphdef) -> dict:
   return state_lib.merge(graphdef, params, batch_stats)(image, rngs=None)
 
 
-def measure(cfg, label: str, steps: int, warmup: int,
-            peak_tflops: float | None, profile_dir: str = "",
-            overhead: bool = False, meta: dict[str, Any] | None = None,
-            mode: str = "train", devices: int = 0) -> dict[str, Any]:
+def build(cfg, meta: dict[str, Any] | None = None, mode: str = "train",
+          devices: int = 0) -> dict[str, Any]:
   """Compiles the real train step (``mode="train"``) or the eval forward
-  (``"forward"``) and times `steps` calls after `warmup`, each blocked on
-  all of its outputs inside the timed region."""
+  (``"forward"``); returns the experiment, the compiled program, its
+  compile phases and ``call()``, one step blocked on all of its outputs."""
   exp = make_experiment(cfg, meta, devices)
   hw, batch = tuple(cfg.data.image_size), cfg.train.batch_size
   defs, state, shardings = state_lib.init_state(
@@ -291,6 +311,24 @@ def measure(cfg, label: str, steps: int, warmup: int,
         carry["state"]["params"], carry["state"]["batch_stats"],
         data["image"]))
 
+  return {"exp": exp, "compiled": compiled, "traced": traced,
+          "call": call, "carry": carry,
+          "data": data, "compile_s": compile_s, "trace_s": trace_s,
+          "lower_s": lower_s}
+
+
+def measure(cfg, label: str, steps: int, warmup: int,
+            peak_tflops: float | None, profile_dir: str = "",
+            overhead: bool = False, meta: dict[str, Any] | None = None,
+            mode: str = "train", devices: int = 0) -> dict[str, Any]:
+  """`build`, then times `steps` calls after `warmup`, each blocked on
+  all of its outputs inside the timed region."""
+  built = build(cfg, meta, mode, devices)
+  exp, compiled, call, carry, data = (built[k] for k in (
+      "exp", "compiled", "call", "carry", "data"))
+  compile_s, trace_s, lower_s = (built[k] for k in (
+      "compile_s", "trace_s", "lower_s"))
+  hw, batch = tuple(cfg.data.image_size), cfg.train.batch_size
   for _ in range(warmup):
     call()
   times = []
@@ -323,11 +361,63 @@ def measure(cfg, label: str, steps: int, warmup: int,
          "mfu": (flops / step_s / (peak_tflops * 1e12)
                  if flops and peak_tflops else None),
          "peak_mem_gib": (_peak_memory() or 0) / 2**30 or None,
-         "backend": jax.default_backend()}
+         "backend": jax.default_backend(), **hlo_ops(compiled)}
   if overhead and mode == "train":
     row.update(host_overhead(carry["state"], data, carry["acc"], compiled,
                              steps))
   return row
+
+
+def _parse_value(text: str) -> Any:
+  for cast in (int, float):
+    try:
+      return cast(text)
+    except ValueError:
+      pass
+  return {"true": True, "false": False}.get(text.lower(), text)
+
+
+def ab(cfg, label: str, spec: str, steps: int, warmup: int,
+       meta: dict[str, Any] | None = None, mode: str = "train",
+       devices: int = 0) -> list[dict[str, Any]]:
+  """``spec`` = 'dotted.key=V1,V2,...': one compiled step per value, timed
+  round-robin (V1, V2, ..., V1, V2, ...) so that load on a shared machine
+  hits every variant alike. Per variant: median wall ms, median process CPU
+  ms (all threads), XLA ops, and ratios to the first variant."""
+  key, sep, values = spec.partition("=")
+  if not sep or not values:
+    raise SystemExit(f"--ab {spec!r}: expected dotted.key=V1,V2")
+  variants = []
+  for text in values.split(","):
+    c = cfg.copy_and_resolve_references()
+    node = c
+    *parents, leaf = key.split(".")
+    for part in parents:
+      node = node[part]
+    node[leaf] = _parse_value(text)
+    built = build(c, meta, mode, devices)
+    for _ in range(warmup):
+      built["call"]()
+    variants.append((f"{key}={text}", built))
+  wall = {name: [] for name, _ in variants}
+  cpu = {name: [] for name, _ in variants}
+  for _ in range(steps):
+    for name, built in variants:
+      w, c = time.perf_counter(), time.process_time()
+      built["call"]()
+      cpu[name].append(time.process_time() - c)
+      wall[name].append(time.perf_counter() - w)
+  rows = []
+  for name, built in variants:
+    rows.append({"backbone": label, "mode": mode, "variant": name,
+                 "step_ms": 1e3 * statistics.median(wall[name]),
+                 "cpu_ms": 1e3 * statistics.median(cpu[name]),
+                 "compile_s": built["compile_s"],
+                 **hlo_ops(built["compiled"])})
+  for r in rows:
+    r["wall_vs_first"] = rows[0]["step_ms"] / r["step_ms"]
+    r["cpu_vs_first"] = rows[0]["cpu_ms"] / r["cpu_ms"]
+  return rows
 
 
 def contract_line(row: dict[str, Any], ref: dict[str, Any],
@@ -408,6 +498,9 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--host_overhead", action="store_true",
                  help="also time the dispatch (Python outside XLA) of the "
                  "step and of a trivial step over the same state")
+  p.add_argument("--ab", default="",
+                 help="dotted.key=V1,V2: compare config values on the "
+                 "(first) job, timed round-robin, e.g. optim.flatten=off,on")
   p.add_argument("--profile", default="",
                  help="write a jax.profiler trace of the timed steps here")
   args = p.parse_args(argv)
@@ -452,6 +545,24 @@ def main(argv=None) -> int:
   args = parse_args(argv)
   text = sys.stderr if args.json else sys.stdout
   rows = []
+  if args.ab:
+    label, cfg, meta, ref = jobs(args)[0]
+    devices = args.devices if args.devices is not None else (
+        1 if ref is not None else 0)
+    out = ab(cfg, label, args.ab, args.steps, args.warmup, meta, args.mode,
+             devices)
+    print(f"{label} {args.mode}, {args.steps} round-robin steps after "
+          f"{args.warmup} warm-up each; ratios = first variant / this one "
+          "(> 1: faster)", file=text)
+    for r in out:
+      print(f"  {r['variant']:<28} {r['step_ms']:8.2f} ms wall "
+            f"(x{r['wall_vs_first']:.3f})  {r['cpu_ms']:8.2f} ms CPU "
+            f"(x{r['cpu_vs_first']:.3f})  {r['hlo_ops']:5d} XLA ops "
+            f"({r['hlo_fusions']} fusions)  compile {r['compile_s']:.1f} s",
+            file=text)
+      if args.json:
+        print(json.dumps(r), flush=True)
+    return 0
   for label, cfg, meta, ref in jobs(args):
     devices = args.devices if args.devices is not None else (
         1 if ref is not None else 0)

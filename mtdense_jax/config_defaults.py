@@ -120,7 +120,10 @@ def base_config() -> mlc.ConfigDict:
       # regex on 'encoder/blocks/0/...', and any key above to override},
       # ...); freeze = (regex, ...) never updated; layer_decay = {"rate",
       # "num_layers", "regex" (one group = block index), "embed_regex"}.
-      groups=(), freeze=(), layer_decay=mlc.ConfigDict()))
+      groups=(), freeze=(), layer_decay=mlc.ConfigDict(),
+      # One raveled vector per dtype instead of per-parameter updates:
+      # "auto" = "on" on a one-device CPU mesh, else "off" (train/optim.py).
+      flatten="auto"))
 
   c.train = mlc.ConfigDict(dict(
       steps=1000, batch_size=8, log_every=50, eval_every=500,

@@ -57,6 +57,10 @@ def _config(data_dir, **overrides):
       str(REPO / "configs" / "synthetic_baseline.py") + ":runlocal")
   cfg.data.data_dir = str(data_dir)
   cfg.optim.warmup_steps = 0      # A non-zero first update to compare.
+  # The one-device reference would flatten its optimizer ("auto"): keep
+  # both sides per parameter so their states compare leaf by leaf
+  # (tests/test_optim_flat.py checks flat == per parameter).
+  cfg.optim.flatten = "off"
   for key, value in overrides.items():
     node, _, leaf = key.rpartition(".")
     cfg[node][leaf] = value

@@ -107,7 +107,8 @@ def build_experiment(config, meta: Mapping[str, Any],
   outputs = {n: t.num_outputs for n, t in tasks.items()}
   factory = state_lib.model_factory(config.model, outputs,
                                     tuple(config.data.image_size), config.seed)
-  model_tx, schedule = optim.make_model_optimizer(config.optim)
+  model_tx, schedule = optim.make_model_optimizer(
+      config.optim, devices=mesh.devices.size)
   # Loss-weighting parameters (e.g. uncertainty log-variances) get plain Adam
   # on the same schedule: no weight decay pulling them to 0, no clipping.
   tx = optax.multi_transform(
