@@ -96,7 +96,8 @@ def _count(tree) -> int:
 # computed from the reference code, notes/methods.md b.2.
 @pytest.mark.parametrize("db,whole,millions,fusion", [
     ("nyuv2", True, 6.06, 6912 * 28),
-    ("cityscapes", True, 5.26, 2048 * 19),
+    pytest.param("cityscapes", True, 5.26, 2048 * 19,
+                 marks=pytest.mark.slow),   # The same HRNet again.
 ])
 def test_cnn_models_match_reference_parameter_counts(db, whole, millions,
                                                      fusion):
@@ -154,11 +155,9 @@ def test_stl_configs(db, task):
   assert cfg.optim.lr == mtl.optim.lr and cfg.optim.name == "adam"
   assert cfg.train.batch_size == (2 if db == "pascal" else 8)
   if db == "pascal":
-    assert dict(cfg.task_kw) == {"edge": {"pos_weight": 0.95}}
+    assert cfg.task_kw.to_dict() == {"edge": {"pos_weight": 0.95}}
   else:
-    model = nnx.eval_shape(state_lib.model_factory(
-        cfg.model, {task: N_OUT[db][task]}, tuple(cfg.data.image_size), 0))
-    assert not hasattr(model.decoder, "affinity_learning_module")
+    assert cfg.model.encoder_kw.fuse and cfg.model.decoder_kw.fuse
 
 
 def test_stl_config_rejects_a_foreign_task():
