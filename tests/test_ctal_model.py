@@ -14,8 +14,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from mtdense_jax.convert import torch_utils
 from mtdense_jax.models import multitask
 from mtdense_jax.models.decoders import ctal
+from mtdense_jax.models.encoders import hrnet
 
 ATOL = 1e-5
 
@@ -158,3 +160,43 @@ def test_single_task_baseline_has_no_affinity(variant):
 def test_unknown_variant_names_the_key():
   with pytest.raises(ValueError, match="decoder_kw.variant"):
     _build(TOY, (32, 64), variant="vit")
+
+
+def _export(module, rename, prefix):
+  """Our state as a torch-layout state dict (inverse of torch_utils)."""
+  mods = dict(nnx.iter_modules(module))
+  out = {}
+  for path, var in nnx.to_flat_state(nnx.state(module)):
+    w = np.asarray(var[...])
+    owner = mods.get(path[:-1])
+    if str(path[-1]) == "kernel" and isinstance(owner, nnx.ConvTranspose):
+      w = np.transpose(w, (2, 3, 0, 1))[:, :, ::-1, ::-1]
+    elif str(path[-1]) == "kernel" and isinstance(owner, nnx.Conv):
+      w = np.transpose(w, (3, 2, 0, 1))
+    out[prefix + rename(torch_utils.torch_key(path))] = w
+  return out
+
+
+def test_reference_checkpoint_converter_round_trip():
+  """``--from ctal``: backbone.0 (HRNet) + backbone.1.last_layer (fuse) +
+  decoder keys of a reference CTALNet checkpoint land where they belong."""
+  src = _build(HRNET_TINY, (32, 64), variant="cnn")
+  sd = _export(src.encoder, hrnet._rename, "backbone.0.")
+  sd.update(_export(src.decoder, lambda k: ctal.torch_name("decoder." + k),
+                    ""))
+  assert "backbone.1.last_layer.0.weight" in sd
+  assert "affinity_learning_module.spatial_att.fusion.weight" in sd
+
+  def build(task_outputs):
+    assert task_outputs == TASKS
+    cfg = dict(encoder="hrnet", variant="W18-small-v2",
+               encoder_kw=HRNET_TINY[2], decoder="ctal",
+               decoder_kw=dict(initial_channels=16, channels=8))
+    return multitask.build_model(cfg, task_outputs=task_outputs,
+                                 img_size=(32, 64), rngs=nnx.Rngs(1))
+
+  got = ctal.CONVERTERS["ctal"]({"module." + k: v for k, v in sd.items()},
+                                tasks=tuple(TASKS), build=build)
+  for (path, a), (_, b) in zip(nnx.to_flat_state(nnx.state(src)),
+                               nnx.to_flat_state(nnx.state(got))):
+    np.testing.assert_array_equal(a[...], b[...], err_msg=str(path))

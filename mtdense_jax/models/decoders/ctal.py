@@ -285,5 +285,55 @@ def from_torch(state_dict: Mapping[str, np.ndarray], decoder: CTALDecoder, *,
         if k.startswith(prefix)}
   state, _ = torch_utils.convert(
       sd, decoder, rename=lambda k: torch_name("decoder." + k),
-      ignore=(r"^backbone\.0\.",), strict=strict)
+      ignore=(r"^backbone\.0\.", r"^backbone\.1\.(?!last_layer\.)"),
+      strict=strict)
   return state
+
+
+def _backbone_dict(state_dict: Mapping[str, np.ndarray]) -> dict:
+  """The reference backbone's keys as its own converter expects them:
+  HRNet ``backbone.0.*`` as is; torchvision Swin ``Sequential(features,
+  norm, permute)`` ``backbone.0.N.*`` -> ``features.N.*``, ``backbone.1.*``
+  -> ``norm.*``."""
+  sd = {k[len("backbone."):]: v for k, v in state_dict.items()
+        if k.startswith("backbone.")}
+  if "1.weight" in sd:   # Swin: the final LayerNorm sits at index 1.
+    return {re.sub(r"^0\.", "features.", re.sub(r"^1\.", "norm.", k)): v
+            for k, v in sd.items()}
+  return {k[2:]: v for k, v in sd.items() if k.startswith("0.")}
+
+
+def checkpoint_task_outputs(state_dict: Mapping[str, np.ndarray],
+                            tasks: Sequence[str]) -> dict[str, int]:
+  """Head sizes read from the initial heads' 1x1 convs."""
+  out = {}
+  for t in tasks:
+    key = f"initial_task_prediction_heads.conv_out.{t}.weight"
+    if key not in state_dict:
+      raise ValueError(f"config task {t!r} has no head in the checkpoint "
+                       f"({key})")
+    out[t] = int(np.shape(state_dict[key])[0])
+  return out
+
+
+def _from_reference(state_dict, *, tasks, build):
+  """A trained reference ``CTALNet`` (HRNet or torchvision Swin-V2 backbone
+  included); ``tasks`` must be in the checkpoint's ``TASKS.NAMES`` order
+  (the affinity interleave)."""
+  from mtdense_jax.convert import torch_utils  # pylint: disable=g-import-not-at-top
+  sd = torch_utils.strip_prefix(state_dict, "module.")
+  model = build(checkpoint_task_outputs(sd, tuple(tasks)))
+  enc_mod = type(model.encoder).__module__
+  backbone = _backbone_dict(sd)
+  if enc_mod.endswith("swin_v2"):
+    from mtdense_jax.models.encoders import swin_v2  # pylint: disable=g-import-not-at-top
+    nnx.update(model.encoder, swin_v2.from_torchvision(backbone,
+                                                       model.encoder))
+  else:
+    nnx.update(model.encoder, hrnet.from_torch(backbone, model.encoder))
+  nnx.update(model.decoder, from_torch(sd, model.decoder))
+  return model
+
+
+# python -m mtdense_jax.convert --from ctal: a reference CTALNet .pth.
+CONVERTERS = {"ctal": _from_reference}
