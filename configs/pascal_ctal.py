@@ -21,7 +21,8 @@ scaling, crop, flip, photometric). The model is tied to 512x512.
 
 Args (``configs/pascal_ctal.py:arg=value,...``):
   init: params-only checkpoint to start from (config.init_checkpoint).
-  affinity_mode: "fused" (default) or "direct".
+  affinity_mode: "direct" (default: at this n it needs less memory than
+    the chunked "fused" form, benchmarks/ctal_memory.py) or "fused".
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from mtdense_jax import config_defaults as common
 
 
 def get_config(arg: str | None = None) -> mlc.ConfigDict:
-  arg = common.parse_arg(arg, init="", affinity_mode="fused")
+  arg = common.parse_arg(arg, init="", affinity_mode="direct")
   c = common.base_config()
   # The reference TASKS.NAMES order (code_transformer/config.py): it is the
   # affinity interleave order, which a converted checkpoint relies on.
