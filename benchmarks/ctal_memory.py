@@ -30,6 +30,8 @@ from mtdense_jax.models.layers import ctal_affinity as ca
 flags.DEFINE_integer("batch", 1, "Images per call.")
 flags.DEFINE_integer("iters", 3, "Timed calls (after one warm-up).")
 flags.DEFINE_integer("chunk", 1024, "Query rows per chunk (fused form).")
+flags.DEFINE_string("only", "", "Run only the cases whose name contains "
+                    "this (e.g. cityscapes).")
 flags.DEFINE_integer("max_run_mib", 2048, "Only time programs whose temp "
                      "memory is below this (the rest: compiled, not run).")
 FLAGS = flags.FLAGS
@@ -60,6 +62,8 @@ def main(_):
         f"{'fwd MiB':>9s} {'fwd ms/img':>10s} {'f+b MiB':>9s} "
         f"{'f+b ms/img':>10s}")
   for name, (h, w), stride, n_tasks in CASES:
+    if FLAGS.only not in name:
+      continue
     hw = (h // stride, w // stride)
     tasks = tuple(f"t{i}" for i in range(n_tasks))
     x = {t: jax.random.normal(jax.random.key(i), (FLAGS.batch, *hw, 128))

@@ -13,8 +13,8 @@ builder (data_builders/mtan_cityscapes).
 
 Args (``configs/cityscapes_ctal.py:arg=value,...``):
   init: params-only checkpoint to start from (config.init_checkpoint).
-  affinity_mode: "direct" (default: at this n it needs less memory than
-    the chunked "fused" form, benchmarks/ctal_memory.py) or "fused".
+  affinity_mode: "fused" (default) or "direct" (a little less memory at
+    this n, but XLA CPU's grouped conv is ~100x slower; ctal_memory.py).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from mtdense_jax import config_defaults as common
 
 
 def get_config(arg: str | None = None) -> mlc.ConfigDict:
-  arg = common.parse_arg(arg, init="", affinity_mode="direct")
+  arg = common.parse_arg(arg, init="", affinity_mode="fused")
   nyuv2 = common.load_module(pathlib.Path(__file__).with_name("nyuv2_ctal.py"))
   c = common.base_config()
   c.tasks = ("semseg", "depth")

@@ -21,8 +21,8 @@ scaling, crop, flip, photometric). The model is tied to 512x512.
 
 Args (``configs/pascal_ctal.py:arg=value,...``):
   init: params-only checkpoint to start from (config.init_checkpoint).
-  affinity_mode: "direct" (default: at this n it needs less memory than
-    the chunked "fused" form, benchmarks/ctal_memory.py) or "fused".
+  affinity_mode: "fused" (default) or "direct" (a little less memory at
+    this n, but XLA CPU's grouped conv is ~100x slower; ctal_memory.py).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from mtdense_jax import config_defaults as common
 
 
 def get_config(arg: str | None = None) -> mlc.ConfigDict:
-  arg = common.parse_arg(arg, init="", affinity_mode="direct")
+  arg = common.parse_arg(arg, init="", affinity_mode="fused")
   c = common.base_config()
   # The reference TASKS.NAMES order (code_transformer/config.py): it is the
   # affinity interleave order, which a converted checkpoint relies on.
