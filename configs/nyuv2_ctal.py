@@ -65,7 +65,12 @@ def ctal_cnn_recipe(c: mlc.ConfigDict, *, init: str, lr: float,
   per_epoch = train_images // 8
   c.train.log_every = 50
   c.train.eval_every = c.train.ckpt_every = 10 * per_epoch
-  c.eval.protocol = "mtl"
+  # MTAN-style metrics (nanmean IoU, pixel accuracy, clamped depth errors,
+  # normals as fractions): methods.md b.5, golden ids ctal_cnn/*.
+  c.eval.protocol = "mtan"
+  # MTAN's images are in [0, 1] and CTAL feeds them unstandardised.
+  c.data.image_mean = (0.0, 0.0, 0.0)
+  c.data.image_std = (1.0, 1.0, 1.0)
 
 
 def get_config(arg: str | None = None) -> mlc.ConfigDict:
@@ -73,7 +78,7 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
   c = common.base_config()
   c.tasks = ("semseg", "depth", "normals")   # reference TASKS.NAMES order
   c.data.name = "mtan_nyuv2"
-  c.data.config = "default"
+  c.data.config = "all"
   c.data.image_size = (288, 384)
   # MTAN's --augmentation: random scale-crop (x1.0/1.2/1.5 zoom) + flip.
   c.data.scale_range = (1.0, 1.5)
@@ -83,4 +88,7 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
                   affinity_mode=arg.affinity_mode)
   c.weighting.kw = mlc.ConfigDict(dict(weights=dict(
       semseg=1.0, depth=1.0, normals=1.0)))
+  # CTAL's CNN normals loss: 1 - cosine (methods.md b.3); semseg CE and
+  # the depth L1 over gt != 0 are the tasks' defaults.
+  c.task_kw = mlc.ConfigDict(dict(normals=dict(loss_type="cosine")))
   return c

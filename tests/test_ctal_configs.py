@@ -50,11 +50,8 @@ def load(name: str, arg: str = ""):
 
 
 def validate(cfg) -> None:
-  """Full validation; a dataset builder that lives on another branch
-  (mtan_*) is checked by name only."""
-  if cfg.data.name not in registry.available("dataset"):
-    cfg = cfg.copy_and_resolve_references()
-    cfg.data.name = "synthetic_scenes"
+  """Full validation, the dataset builder and eval protocol included."""
+  assert cfg.data.name in registry.available("dataset"), cfg.data.name
   config_check.validate(cfg)
 
 
@@ -65,6 +62,9 @@ def test_paper_recipe(db):
   validate(cfg)
   assert tuple(cfg.tasks) == want["tasks"]
   assert cfg.data.name == want["data"]
+  if want["variant"] == "cnn":   # MTAN data and metrics (methods.md b.5)
+    assert cfg.eval.protocol == "mtan"
+    assert tuple(cfg.data.image_std) == (1.0, 1.0, 1.0)
   assert tuple(cfg.data.image_size) == want["size"]
   assert cfg.model.encoder == want["encoder"]
   assert cfg.model.decoder == "ctal"
