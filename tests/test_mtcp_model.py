@@ -131,7 +131,7 @@ def test_chunked_and_direct_cfm_give_the_same_model_output():
 
 def test_single_task_model():
   """The reference SingleTaskModel*: stage 0 -> head, nothing else."""
-  model = build({"depth": 1})
+  model = build({"depth": 1}, head_upsample={"depth": 2})
   assert model.decoder.single
   br = model.decoder.branches["depth"]
   assert br.cfm is None and br.fpn is None and len(br.swin.stages) == 1
