@@ -232,7 +232,8 @@ class MTCPDecoder(nnx.Module):
   """Features of a Mask2Former encoder -> MT-CP predictions."""
 
   def __init__(self, in_dim: int, task_outputs: Mapping[str, int],
-               img_size: tuple[int, int], *, embed_dim: int, dim: int,
+               img_size: tuple[int, int], *, stride: int, embed_dim: int,
+               dim: int,
                depths: Sequence[int], num_heads: Sequence[int],
                window_size: int, mlp_ratio: float,
                heads: Mapping[str, str], head_upsample: Mapping[str, int],
@@ -240,6 +241,7 @@ class MTCPDecoder(nnx.Module):
                rngs: nnx.Rngs, dtype: Any, remat_policy: str | None):
     self.tasks = tuple(task_outputs)
     self.img_size = tuple(img_size)
+    self.stride = int(stride)
     self.dtype = dtype
     unknown = (set(heads) | set(head_upsample)) - set(self.tasks)
     if unknown:
@@ -258,27 +260,31 @@ class MTCPDecoder(nnx.Module):
                       dtype=dtype, remat_policy=remat_policy)
         for t, n in task_outputs.items()})
 
-  def _full(self, y: jax.Array) -> jax.Array:
-    return common.resize_bilinear(y, self.img_size).astype(jnp.float32)
+  def _full(self, y: jax.Array, size: tuple[int, int]) -> jax.Array:
+    return common.resize_bilinear(y, size).astype(jnp.float32)
 
   def __call__(self, feats: feats_lib.Features, *,
                rngs: Any = None) -> dict[str, Any]:
     del rngs  # Deterministic (drop-path 0, no dropout).
     r = shared_representation(feats_lib.as_features(feats)).astype(
         self.dtype)
+    # The input size (the encoder's stride-4 map times 4), so any size the
+    # encoder takes works, not only the one the model was built for.
+    size = (self.stride * r.shape[1], self.stride * r.shape[2])
     stages = {t: self.branches[t].swin(r) for t in self.tasks}
     if self.single:
-      return {"final": {t: self._full(self.branches[t].head(stages[t][0]))
-                        for t in self.tasks}, "aux": {}}
+      return {"final": {
+          t: self._full(self.branches[t].head(stages[t][0]), size)
+          for t in self.tasks}, "aux": {}}
     embeds = {t: self.branches[t].fpn(stages[t]) for t in self.tasks}
     final, aux = {}, {}
     for t in self.tasks:
       br = self.branches[t]
       fused = br.cfm(embeds[t], [embeds[o] for o in self.tasks if o != t])
       preds = br.trace_back(stages[t], fused)
-      final[t] = self._full(br.head(preds[-1]))
+      final[t] = self._full(br.head(preds[-1]), size)
       for i, (head, p) in enumerate(zip(br.aux, preds[:-1])):
-        aux.setdefault(f"initial_{i}", {})[t] = self._full(head(p))
+        aux.setdefault(f"initial_{i}", {})[t] = self._full(head(p), size)
     return {"final": final, "aux": aux}
 
 
@@ -325,7 +331,8 @@ def build(*, encoder: nnx.Module, task_outputs: Mapping[str, int],
                      f"{len(depths)} MT-CP decoder stages")
   return MTCPDecoder(
       produced.channels[i], dict(task_outputs), tuple(img_size),
-      embed_dim=embed_dim, dim=dim, depths=tuple(depths),
+      stride=produced.strides[i], embed_dim=embed_dim, dim=dim,
+      depths=tuple(depths),
       num_heads=tuple(num_heads), window_size=int(window_size),
       mlp_ratio=float(mlp_ratio), heads=dict(heads or {}),
       head_upsample={k: int(v) for k, v in (head_upsample or {}).items()},
