@@ -5,7 +5,7 @@ MT-CP workdir at each image's own size.
 
 Everything here compiles the 3-branch model (the 8-device test took 28 min
 wall, 14 min CPU, on a loaded 2-core machine), so the file runs under
--m slow. The predict test has not been run yet (time).
+-m slow. The predict test passed (254 s, 19:05 UTC).
 """
 
 from __future__ import annotations
