@@ -116,6 +116,7 @@ def base_config() -> mlc.ConfigDict:
       name="adamw", lr=1e-4, weight_decay=1e-4, b1=0.9, b2=0.999, eps=1e-8,
       schedule="poly", warmup_steps=0, total_steps=1000, poly_power=0.9,
       min_lr=0.0, grad_clip_norm=mlc.config_dict.placeholder(float),
+      decay_every=1,   # >1: the schedule steps every k updates (per epoch)
       # train/optim.py make_model_optimizer: groups = ({"name", "match":
       # regex on 'encoder/blocks/0/...', and any key above to override},
       # ...); freeze = (regex, ...) never updated; layer_decay = {"rate",

@@ -21,7 +21,9 @@ as ``torch.nn.utils.clip_grad_norm_`` before ``optimizer.step()``.
 Schedules (all optax; ``warmup_steps`` > 0 prepends a linear ramp from 0 to
 ``lr`` and the decay then runs over ``total_steps - warmup_steps``):
 ``poly`` (power ``poly_power``, to ``min_lr``), ``cosine`` (to ``min_lr``),
-``constant``. optax evaluates them in float32: ``1 - it / total`` then carries
+``constant``. ``decay_every`` = k > 1 holds the decayed value for k steps
+(lr(it) = main(k * floor(it / k))): a per-epoch schedule (MT-CP steps its
+poly scheduler once per epoch) with k = steps per epoch. optax evaluates them in float32: ``1 - it / total`` then carries
 an absolute error of ~6e-8, which is relative error ~1e-3 on the tiny lr of
 the very last steps (lr(39999) ~ 1e-9 of 2e-5) and harmless.
 
@@ -54,6 +56,7 @@ _DEFAULTS = {
     "min_lr": 0.0,
     "grad_clip_norm": None,
     "flatten": "auto",
+    "decay_every": 1,
 }
 
 
@@ -89,6 +92,12 @@ def make_schedule(cfg: Mapping[str, Any] | Any) -> optax.Schedule:
   else:
     raise ValueError(f"Unknown schedule {kind!r}; one of 'poly', 'cosine', "
                      "'constant'")
+  every = int(_get(cfg, "decay_every"))
+  if every < 1:
+    raise ValueError(f"config.optim.decay_every={every}; must be >= 1")
+  if every > 1:
+    stepwise = main
+    main = lambda it: stepwise((it // every) * every)  # noqa: E731
   if warmup <= 0:
     return main
   ramp = optax.linear_schedule(init_value=0.0, end_value=lr,

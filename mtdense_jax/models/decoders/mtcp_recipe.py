@@ -34,7 +34,7 @@ from typing import Sequence
 
 import ml_collections as mlc
 
-DEPTH_CUTOFF = 65535 * 1e-4   # 6.5535 m: uint16 depth in 1e-4 m units
+DEPTH_CUTOFF = 6.5535   # m: 65535 (uint16 max) in 1e-4 m units
 AUX_WEIGHT = 0.5
 LPS_SPREAD = {"nyud": 7.5, "pascal": 1.6}
 
