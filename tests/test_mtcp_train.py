@@ -63,7 +63,9 @@ def data_dir(tmp_path_factory):
                    "on 8 devices; undiagnosed, see comment")
 def test_eight_devices_match_one(data_dir):
   assert len(jax.devices()) == 8, "conftest sets 8 fake CPU devices"
-  cfg = _config(data_dir)
+  # Per-parameter optimizer state on both sides (a one-device CPU mesh
+  # would flatten it, train/optim.py), so the states compare leaf by leaf.
+  cfg = _config(data_dir, **{"optim.flatten": "off"})
   assert cfg.train.batch_size % 8 == 0
   m1, s1, _ = one_step(cfg, jax.devices()[:1])
   m8, s8, _ = one_step(cfg, jax.devices())
@@ -75,6 +77,13 @@ def test_eight_devices_match_one(data_dir):
 # the 0.1 bound; undiagnosed (candidates: R = P * sum_q M_q is large and
 # unnormalised before the decoder Swin, eval-mode BatchNorm with init
 # statistics on an untrained model, the CFM's peaked softmax on bf16 inputs).
+# Diagnosis so far (19:20 UTC, /tmp script, same model and input): with the
+# Mask2Former attention mask forced off (its hard sigmoid(logit) < 0.5
+# threshold flips entries near 0 under bf16) the errors drop to 0.15 / 0.10
+# / 0.35 of max (mean 0.03 / 0.04 / 0.06); running the CFM affinity on
+# float32 inputs changes nothing. So about two thirds of the mean error is
+# the encoder's thresholded mask, the rest accumulates through the
+# untrained stack.
 @pytest.mark.xfail(strict=True, reason="bf16 semseg 0.39 of max apart from "
                    "float32 on an untrained model; undiagnosed, see comment")
 def test_bf16_forward_near_float32():
