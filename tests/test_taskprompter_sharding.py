@@ -55,6 +55,9 @@ def _config(data_dir, **overrides):
   cfg.tasks = TASKS
   cfg.optim.warmup_steps = 0      # A non-zero first update to compare.
   assert cfg.optim.lr == LR, "LR is the first update's largest step"
+  # Per-parameter optimizer state on both sides (a one-device CPU mesh
+  # would flatten it, train/optim.py), so the states compare leaf by leaf.
+  cfg.optim.flatten = "off"
   for key, value in overrides.items():
     node, _, leaf = key.rpartition(".")
     cfg[node][leaf] = value
